@@ -1,0 +1,82 @@
+//! The admin listener: `/metrics`, `/healthz` and `/readyz`, never on the public port.
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+use crate::state::Shared;
+
+/// Serves the admin paths.
+pub struct AdminApp {
+    shared: Arc<Shared>,
+    /// The public listeners as bound at start-up (a reload cannot move them).
+    public_listen: Vec<SocketAddr>,
+    listener_seen_up: AtomicBool,
+}
+
+impl AdminApp {
+    /// The admin app for a gateway listening on `public_listen`.
+    pub fn new(shared: Arc<Shared>, public_listen: Vec<SocketAddr>) -> Self {
+        AdminApp { shared, public_listen, listener_seen_up: AtomicBool::new(false) }
+    }
+
+    /// Ready once the public listener accepts connections, and until shutdown starts.
+    fn ready(&self) -> bool {
+        if self.shared.draining.load(Ordering::Acquire) {
+            return false;
+        }
+        if self.listener_seen_up.load(Ordering::Acquire) {
+            return true;
+        }
+        let up = self.public_listen.iter().all(|addr| {
+            TcpStream::connect_timeout(&reachable(*addr), Duration::from_millis(200)).is_ok()
+        });
+        if up {
+            self.listener_seen_up.store(true, Ordering::Release);
+        }
+        up
+    }
+}
+
+/// A wildcard listen address is reached through loopback.
+fn reachable(mut addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    addr
+}
+
+fn text(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header("Content-Type", content_type)
+        .header("Content-Length", body.len())
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        match session.req_header().uri.path() {
+            "/metrics" => {
+                let memory = self.shared.limiter.memory();
+                self.shared.metrics.limiter_keys.set(memory.key_count() as i64);
+                text(200, "text/plain; version=0.0.4", self.shared.metrics.render())
+            }
+            "/healthz" => text(200, "text/plain", b"ok\n".to_vec()),
+            "/readyz" if self.ready() => text(200, "text/plain", b"ready\n".to_vec()),
+            "/readyz" => text(503, "text/plain", b"not ready\n".to_vec()),
+            _ => text(404, "text/plain", b"not found\n".to_vec()),
+        }
+    }
+}

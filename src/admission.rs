@@ -1,0 +1,94 @@
+//! Decides whether a request may go upstream: request id, client IP, brute-force guard,
+//! authentication, body size, then the plan's limits. Each step is one module's call.
+
+use pingora::proxy::Session;
+
+use crate::auth;
+use crate::client_ip;
+use crate::context::RequestCtx;
+use crate::error::{GatewayError, RateLimitRefusal};
+use crate::limiter::backend::Verdict;
+use crate::limiter::{retry_after_secs, Decision};
+use crate::request_id;
+use crate::state::Shared;
+
+/// Runs every admission step; `Err` is the answer to send instead of proxying.
+pub async fn admit(shared: &Shared, session: &Session, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+    let req = session.req_header();
+    ctx.request_id = request_id::assign(req.headers.get("x-request-id").map(|v| v.as_bytes()));
+    let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+    ctx.client_ip = client_ip::resolve(peer, &req.headers, &ctx.config.server);
+    ctx.route_mask = ctx.config.route_mask(&req.method, req.uri.path());
+
+    if let Some(retry_after_secs) = ctx.client_ip.and_then(|ip| shared.abuse.blocked(ip)) {
+        shared.metrics.abuse_blocked.inc();
+        return Err(GatewayError::TooManyInvalidKeys { retry_after_secs });
+    }
+    let key = auth::authenticate(&req.headers, &ctx.config).map_err(|e| {
+        shared.metrics.auth_failures.with_label_values(&[e.reason()]).inc();
+        if let Some(ip) = ctx.client_ip {
+            shared.abuse.record_failure(ip, ctx.config.abuse.max_invalid_keys_per_minute);
+        }
+        GatewayError::InvalidApiKey(e)
+    })?;
+    ctx.key = Some(key.clone());
+
+    check_body_size(req, ctx.config.server.max_body_bytes)?;
+    apply_limits(shared, ctx, &key).await
+}
+
+fn check_body_size(req: &pingora::http::RequestHeader, max_body_bytes: u64) -> Result<(), GatewayError> {
+    let declared = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(len) if len > max_body_bytes => Err(GatewayError::PayloadTooLarge),
+        _ => Ok(()),
+    }
+}
+
+async fn apply_limits(
+    shared: &Shared,
+    ctx: &mut RequestCtx,
+    key: &crate::config::ApiKey,
+) -> Result<(), GatewayError> {
+    let limits = key.plan.limits_for(ctx.route_mask);
+    if limits.is_empty() {
+        return Ok(());
+    }
+    ctx.limits = Some(limits.clone());
+    let verdict = shared.limiter.check(&key.id, &limits, &ctx.config.limiter).await;
+    match verdict {
+        Verdict::Decided(Decision::Admitted { statuses }) => {
+            ctx.statuses = statuses;
+            Ok(())
+        }
+        Verdict::Decided(Decision::Refused { limit_index, retry_after_ms, statuses }) => {
+            ctx.statuses = statuses;
+            let refusing = &limits[limit_index];
+            ctx.limited = Some(refusing.name.clone());
+            shared
+                .metrics
+                .rate_limited
+                .with_label_values(&[&key.plan.name, &refusing.name])
+                .inc();
+            Err(GatewayError::RateLimited(Box::new(RateLimitRefusal {
+                plan: key.plan.name.clone(),
+                limit: refusing.name.clone(),
+                window_secs: refusing.window_ms / 1000,
+                retry_after_secs: retry_after_secs(retry_after_ms),
+                matched: limits.iter().map(|l| (l.window_ms / 1000, l.max)).collect(),
+            })))
+        }
+        Verdict::AdmittedUnchecked => {
+            ctx.limits = None;
+            Ok(())
+        }
+        Verdict::Unavailable => {
+            ctx.limits = None;
+            Err(GatewayError::LimiterUnavailable)
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The control thread: SIGHUP and file-change reloads, periodic sweeping of idle window state,
+//! and a graceful exit as soon as a SIGTERM drain is complete.
+//!
+//! It runs on its own small tokio runtime, started (with its SIGHUP handler installed) before
+//! Pingora serves anything, so an early SIGHUP can never hit the default "terminate" action.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use pingora::server::ExecutionPhase;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::config::reload::Reloader;
+use crate::state::Shared;
+
+/// File events closer together than this are one change (editors write in several steps).
+const DEBOUNCE: Duration = Duration::from_millis(250);
+/// How often idle window state is dropped.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// Starts the control thread; returns once the SIGHUP handler is installed.
+pub fn start(
+    shared: Arc<Shared>,
+    config_path: Option<PathBuf>,
+    phases: broadcast::Receiver<ExecutionPhase>,
+) -> std::io::Result<()> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new().name("control".into()).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let hup = match signal(SignalKind::hangup()) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            control_loop(shared, config_path, hup, phases).await;
+        });
+    })?;
+    ready_rx
+        .recv()
+        .map_err(|_| std::io::Error::other("control thread died at start"))?
+}
+
+async fn control_loop(
+    shared: Arc<Shared>,
+    config_path: Option<PathBuf>,
+    mut hup: tokio::signal::unix::Signal,
+    mut phases: broadcast::Receiver<ExecutionPhase>,
+) {
+    let reloader = config_path.map(|p| Reloader::new(shared.clone(), p));
+    let (fs_tx, mut fs_rx) = mpsc::unbounded_channel();
+    let mut watch = reloader.as_ref().and_then(|r| FileWatch::start(&shared, r.path(), fs_tx));
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tokio::select! {
+            _ = hup.recv() => match &reloader {
+                Some(r) => { reload(r, &mut watch, "SIGHUP"); }
+                None => tracing::info!("SIGHUP ignored: the demo config is built in"),
+            },
+            Some(()) = fs_rx.recv() => {
+                // Let the burst of events from one save settle, then reload once.
+                tokio::time::sleep(DEBOUNCE).await;
+                while fs_rx.try_recv().is_ok() {}
+                if let (Some(r), Some(w)) = (&reloader, &mut watch) {
+                    if shared.config.load().server.watch && w.files_changed() {
+                        reload(r, &mut watch, "file change");
+                    }
+                }
+            },
+            _ = sweep.tick() => {
+                shared.limiter.memory().sweep();
+                shared.abuse.sweep();
+                shared.metrics.limiter_keys.set(shared.limiter.memory().key_count() as i64);
+            },
+            phase = phases.recv() => match phase {
+                Ok(ExecutionPhase::GracefulTerminate) => drain_then_exit(&shared).await,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+            },
+        }
+    }
+}
+
+fn reload(reloader: &Reloader, watch: &mut Option<FileWatch>, trigger: &str) {
+    let _ = reloader.reload(trigger);
+    // Remember what was seen, good or bad, so one bad save is reported once, not on every event.
+    if let Some(w) = watch {
+        w.refresh();
+    }
+}
+
+/// SIGTERM: Pingora has stopped accepting; exit as soon as the requests in flight are done
+/// (Pingora's own grace period, `drain_timeout_s`, is the upper bound).
+async fn drain_then_exit(shared: &Shared) -> ! {
+    shared.draining.store(true, Ordering::Release);
+    tracing::info!("SIGTERM: draining in-flight requests");
+    // Connections accepted just before the signal need a moment to become requests.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while shared.inflight.load(Ordering::Acquire) > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shared.access_log.drain(Duration::from_secs(2));
+    tracing::info!("drained; exiting");
+    std::process::exit(0)
+}
+
+/// Watches the directories of the config file and `keys_file` (not the files: editors that
+/// rename a new file over the old one, and Kubernetes' symlink swaps, replace the inode).
+struct FileWatch {
+    shared: Arc<Shared>,
+    watcher: notify::RecommendedWatcher,
+    dirs: HashSet<PathBuf>,
+    fingerprint: Vec<u8>,
+}
+
+impl FileWatch {
+    fn start(shared: &Arc<Shared>, _config: &Path, tx: mpsc::UnboundedSender<()>) -> Option<Self> {
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                let _ = tx.send(());
+            }
+        });
+        let watcher = match watcher {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!("file watching unavailable, SIGHUP still reloads: {e}");
+                return None;
+            }
+        };
+        let mut w = FileWatch { shared: shared.clone(), watcher, dirs: HashSet::new(), fingerprint: Vec::new() };
+        w.refresh();
+        Some(w)
+    }
+
+    fn files(&self) -> Vec<PathBuf> {
+        let cfg = self.shared.config.load();
+        let mut files = vec![cfg.sources.config_path.clone()];
+        files.extend(cfg.sources.keys_path.clone());
+        files
+    }
+
+    /// Watches the directories of the current files and remembers their contents.
+    fn refresh(&mut self) {
+        for file in self.files() {
+            let dir = match file.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            if self.dirs.insert(dir.clone()) {
+                if let Err(e) = self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                    tracing::warn!("cannot watch {}: {e}", dir.display());
+                }
+            }
+        }
+        self.fingerprint = self.read_all();
+    }
+
+    fn read_all(&self) -> Vec<u8> {
+        let mut all = Vec::new();
+        for f in self.files() {
+            all.extend(std::fs::read(&f).unwrap_or_default());
+            all.push(0);
+        }
+        all
+    }
+
+    /// Whether the watched files differ from what was last loaded (ignores unrelated events).
+    fn files_changed(&mut self) -> bool {
+        self.read_all() != self.fingerprint
+    }
+}

@@ -1,0 +1,229 @@
+//! The one place where a gateway error becomes a status code, headers and a JSON envelope.
+//!
+//! Every response the gateway writes itself goes through [`GatewayError::response`], in the
+//! API's envelope `{"error": {"code", "message", "details"}}` (Jettson error catalog).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use serde_json::{json, Map, Value};
+
+use crate::auth::AuthError;
+use crate::config::window_label;
+
+/// An error the gateway answers itself, without (or instead of) the upstream.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GatewayError {
+    /// 401: the request is not authenticated.
+    #[error("invalid API key: {0}")]
+    InvalidApiKey(AuthError),
+    /// 429: this client IP failed authentication too often.
+    #[error("too many invalid keys")]
+    TooManyInvalidKeys {
+        /// Seconds until the client IP may try again.
+        retry_after_secs: u64,
+    },
+    /// 429: a limit of the key's plan is exhausted.
+    #[error("rate limited by {}", .0.limit)]
+    RateLimited(Box<RateLimitRefusal>),
+    /// 400: the request could not be parsed.
+    #[error("bad request")]
+    BadRequest,
+    /// 413: the body is larger than `max_body_bytes`.
+    #[error("payload too large")]
+    PayloadTooLarge,
+    /// 431: the request headers are too large.
+    #[error("request headers too large")]
+    HeadersTooLarge,
+    /// 503: the limiter backend failed and the policy is `deny`.
+    #[error("limiter backend unavailable")]
+    LimiterUnavailable,
+    /// 503: the upstream refused the connection or could not be reached.
+    #[error("upstream unavailable")]
+    UpstreamUnavailable,
+    /// 504: the upstream did not answer in time.
+    #[error("upstream timeout")]
+    UpstreamTimeout,
+    /// 500: anything else.
+    #[error("internal error")]
+    Internal,
+}
+
+/// What a `rate_limited` answer reports in its `details`.
+#[derive(Debug, Clone)]
+pub struct RateLimitRefusal {
+    /// The key's plan.
+    pub plan: Arc<str>,
+    /// The limit that refused.
+    pub limit: Arc<str>,
+    /// That limit's window.
+    pub window_secs: u64,
+    /// Whole seconds, at least 1.
+    pub retry_after_secs: u64,
+    /// `(window_secs, max)` of every limit that matched the request.
+    pub matched: Vec<(u64, u32)>,
+}
+
+impl GatewayError {
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayError::InvalidApiKey(_) => 401,
+            GatewayError::TooManyInvalidKeys { .. } | GatewayError::RateLimited(_) => 429,
+            GatewayError::BadRequest => 400,
+            GatewayError::PayloadTooLarge => 413,
+            GatewayError::HeadersTooLarge => 431,
+            GatewayError::LimiterUnavailable | GatewayError::UpstreamUnavailable => 503,
+            GatewayError::UpstreamTimeout => 504,
+            GatewayError::Internal => 500,
+        }
+    }
+
+    /// The envelope's stable `code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::InvalidApiKey(_) => "invalid_api_key",
+            GatewayError::TooManyInvalidKeys { .. } => "too_many_invalid_keys",
+            GatewayError::RateLimited(_) => "rate_limited",
+            GatewayError::BadRequest => "invalid_request",
+            GatewayError::PayloadTooLarge | GatewayError::HeadersTooLarge => "payload_too_large",
+            GatewayError::LimiterUnavailable | GatewayError::UpstreamUnavailable => {
+                "temporarily_unavailable"
+            }
+            GatewayError::UpstreamTimeout => "upstream_timeout",
+            GatewayError::Internal => "internal_error",
+        }
+    }
+
+    fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            GatewayError::TooManyInvalidKeys { retry_after_secs } => Some(*retry_after_secs),
+            GatewayError::RateLimited(r) => Some(r.retry_after_secs),
+            _ => None,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            GatewayError::InvalidApiKey(_) => "Missing, malformed, or revoked API key.".into(),
+            GatewayError::TooManyInvalidKeys { retry_after_secs } => format!(
+                "Too many requests with invalid API keys from this address. Try again in {retry_after_secs}s."
+            ),
+            GatewayError::RateLimited(r) => {
+                format!("Too many requests. Try again in {}s.", r.retry_after_secs)
+            }
+            GatewayError::BadRequest => "The request could not be parsed.".into(),
+            GatewayError::PayloadTooLarge => "Request body is too large.".into(),
+            GatewayError::HeadersTooLarge => "Request headers are too large.".into(),
+            GatewayError::LimiterUnavailable | GatewayError::UpstreamUnavailable => {
+                "The service is temporarily unavailable. Retry with backoff.".into()
+            }
+            GatewayError::UpstreamTimeout => "The upstream did not answer in time.".into(),
+            GatewayError::Internal => "Unexpected error.".into(),
+        }
+    }
+
+    fn details(&self) -> Option<Value> {
+        match self {
+            GatewayError::RateLimited(r) => Some(r.details()),
+            GatewayError::TooManyInvalidKeys { retry_after_secs } => {
+                Some(json!({ "retryAfterSeconds": retry_after_secs }))
+            }
+            _ => None,
+        }
+    }
+
+    /// The JSON envelope.
+    pub fn body(&self) -> Bytes {
+        let mut error = Map::new();
+        error.insert("code".into(), Value::from(self.code()));
+        error.insert("message".into(), Value::from(self.message()));
+        if let Some(details) = self.details() {
+            error.insert("details".into(), details);
+        }
+        Bytes::from(json!({ "error": error }).to_string())
+    }
+
+    /// Status line, headers and body of the answer.
+    pub fn response(&self) -> pingora::Result<(ResponseHeader, Bytes)> {
+        let body = self.body();
+        let mut header = ResponseHeader::build(self.status(), Some(6))?;
+        header.insert_header("Content-Type", "application/json")?;
+        header.insert_header("Content-Length", body.len().to_string())?;
+        header.insert_header("Cache-Control", "no-store")?;
+        if matches!(self, GatewayError::InvalidApiKey(_)) {
+            header.insert_header("WWW-Authenticate", "Bearer")?;
+        }
+        if let Some(secs) = self.retry_after_secs() {
+            header.insert_header("Retry-After", secs.to_string())?;
+        }
+        Ok((header, body))
+    }
+}
+
+impl RateLimitRefusal {
+    fn details(&self) -> Value {
+        let mut d = Map::new();
+        d.insert("plan".into(), Value::from(&*self.plan));
+        d.insert("limit".into(), Value::from(&*self.limit));
+        d.insert("window".into(), Value::from(window_label(self.window_secs)));
+        d.insert("retryAfterSeconds".into(), Value::from(self.retry_after_secs));
+        for (window_secs, max) in &self.matched {
+            let field = match window_secs {
+                60 => "limitPerMinute",
+                3_600 => "limitPerHour",
+                86_400 => "limitPerDay",
+                _ => continue,
+            };
+            d.insert(field.into(), Value::from(*max));
+        }
+        Value::Object(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limited_has_the_full_envelope() {
+        let err = GatewayError::RateLimited(Box::new(RateLimitRefusal {
+            plan: Arc::from("free"),
+            limit: Arc::from("spawns_per_minute"),
+            window_secs: 60,
+            retry_after_secs: 12,
+            matched: vec![(60, 5), (3_600, 30)],
+        }));
+        let body: Value = serde_json::from_slice(&err.body()).expect("json");
+        assert_eq!(
+            body,
+            json!({"error": {"code": "rate_limited", "message": "Too many requests. Try again in 12s.",
+                "details": {"plan": "free", "limit": "spawns_per_minute", "window": "minute",
+                    "retryAfterSeconds": 12, "limitPerMinute": 5, "limitPerHour": 30}}})
+        );
+        let (header, _) = err.response().expect("header");
+        assert_eq!(header.status.as_u16(), 429);
+        assert_eq!(header.headers.get("Retry-After").expect("retry-after"), "12");
+    }
+
+    #[test]
+    fn each_error_has_its_status_and_code() {
+        let cases = [
+            (GatewayError::InvalidApiKey(AuthError::Missing), 401, "invalid_api_key"),
+            (GatewayError::UpstreamUnavailable, 503, "temporarily_unavailable"),
+            (GatewayError::UpstreamTimeout, 504, "upstream_timeout"),
+            (GatewayError::PayloadTooLarge, 413, "payload_too_large"),
+            (GatewayError::Internal, 500, "internal_error"),
+        ];
+        for (err, status, code) in cases {
+            let (header, body) = err.response().expect("header");
+            assert_eq!(header.status.as_u16(), status);
+            assert_eq!(header.headers.get("Content-Type").expect("type"), "application/json");
+            let v: Value = serde_json::from_slice(&body).expect("json");
+            assert_eq!(v["error"]["code"], code);
+        }
+        let (h, _) = GatewayError::InvalidApiKey(AuthError::UnknownKey).response().expect("h");
+        assert_eq!(h.headers.get("WWW-Authenticate").expect("www-auth"), "Bearer");
+    }
+}

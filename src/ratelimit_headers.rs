@@ -1,0 +1,81 @@
+//! The IETF RateLimit header fields (draft-ietf-httpapi-ratelimit-headers) and the common
+//! `X-RateLimit-*` trio, on every response to a request that matched a limit.
+//!
+//! `r` is what is left after this request; `t` is the seconds until that limit has room for one
+//! more (0 when it has room now), rounded up. The `X-RateLimit-*` trio describes the matching
+//! limit with the least left, and `X-RateLimit-Reset` is that limit's `t`.
+
+use std::fmt::Write;
+
+use pingora::http::ResponseHeader;
+
+use crate::limiter::{retry_after_secs, LimitSpec, LimitStatus};
+
+/// Whole seconds until room, rounded up; 0 when there is room now.
+fn wait_secs(status: &LimitStatus) -> u64 {
+    if status.wait_ms == 0 {
+        0
+    } else {
+        retry_after_secs(status.wait_ms)
+    }
+}
+
+/// Adds the rate limit headers for `limits` (in config order) and their `statuses`.
+pub fn apply(header: &mut ResponseHeader, limits: &[LimitSpec], statuses: &[LimitStatus]) -> pingora::Result<()> {
+    if limits.is_empty() || limits.len() != statuses.len() {
+        return Ok(());
+    }
+    let mut policy = String::with_capacity(64 * limits.len());
+    let mut state = String::with_capacity(48 * limits.len());
+    for (i, (spec, status)) in limits.iter().zip(statuses).enumerate() {
+        let sep = if i == 0 { "" } else { ", " };
+        let _ = write!(policy, "{sep}\"{}\";q={};w={}", spec.name, spec.max, spec.window_ms / 1000);
+        let _ = write!(state, "{sep}\"{}\";r={};t={}", spec.name, status.remaining, wait_secs(status));
+    }
+    let tightest = limits
+        .iter()
+        .zip(statuses)
+        .min_by_key(|(spec, status)| (status.remaining, u64::MAX - wait_secs(status), spec.max));
+    header.insert_header("RateLimit-Policy", policy)?;
+    header.insert_header("RateLimit", state)?;
+    if let Some((spec, status)) = tightest {
+        header.insert_header("X-RateLimit-Limit", spec.max.to_string())?;
+        header.insert_header("X-RateLimit-Remaining", status.remaining.to_string())?;
+        header.insert_header("X-RateLimit-Reset", wait_secs(status).to_string())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn spec(name: &str, max: u32, window_secs: u64) -> LimitSpec {
+        LimitSpec { name: Arc::from(name), max, window_ms: window_secs * 1000 }
+    }
+
+    #[test]
+    fn headers_follow_the_draft() {
+        let limits = [spec("spawns_per_minute", 5, 60), spec("spawns_per_hour", 30, 3600)];
+        let statuses = [
+            LimitStatus { remaining: 0, wait_ms: 41_200 },
+            LimitStatus { remaining: 25, wait_ms: 0 },
+        ];
+        let mut h = ResponseHeader::build(200, None).expect("header");
+        apply(&mut h, &limits, &statuses).expect("apply");
+        let get = |n: &str| h.headers.get(n).expect(n).to_str().expect("ascii").to_string();
+        assert_eq!(get("RateLimit-Policy"), "\"spawns_per_minute\";q=5;w=60, \"spawns_per_hour\";q=30;w=3600");
+        assert_eq!(get("RateLimit"), "\"spawns_per_minute\";r=0;t=42, \"spawns_per_hour\";r=25;t=0");
+        assert_eq!(get("X-RateLimit-Limit"), "5");
+        assert_eq!(get("X-RateLimit-Remaining"), "0");
+        assert_eq!(get("X-RateLimit-Reset"), "42");
+    }
+
+    #[test]
+    fn no_limits_no_headers() {
+        let mut h = ResponseHeader::build(200, None).expect("header");
+        apply(&mut h, &[], &[]).expect("apply");
+        assert!(h.headers.get("RateLimit").is_none());
+    }
+}

@@ -1,0 +1,79 @@
+//! The end of every request: one access log line and the request metrics.
+
+use pingora::proxy::Session;
+
+use crate::access_log::{timestamp_now, AccessRecord};
+use crate::context::RequestCtx;
+use crate::state::Shared;
+
+/// Status logged when the client left before any answer was written (nginx's convention).
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// Records a finished request in the access log and the metrics.
+pub fn record(shared: &Shared, session: &Session, ctx: &RequestCtx) {
+    let status = session
+        .response_written()
+        .map(|h| h.status.as_u16())
+        .unwrap_or(CLIENT_CLOSED);
+    let latency = ctx.started.elapsed();
+    let req = session.req_header();
+    let route = ctx.config.route_label(ctx.route_mask);
+    let plan = ctx.plan_name();
+
+    let m = &shared.metrics;
+    let plan_label = plan.unwrap_or("none");
+    m.requests
+        .with_label_values(&[plan_label, route, status_label(status)])
+        .inc();
+    m.request_duration
+        .with_label_values(&[plan_label, route])
+        .observe(latency.as_secs_f64());
+    if let Some(ms) = ctx.upstream_ms {
+        m.upstream_duration.with_label_values(&[route]).observe(ms / 1000.0);
+    }
+
+    shared.access_log.log(&AccessRecord {
+        ts: timestamp_now(),
+        request_id: &ctx.request_id,
+        client_ip: ctx.client_ip,
+        method: req.method.as_str(),
+        path: req.uri.path(),
+        status,
+        latency_ms: round_ms(latency.as_secs_f64() * 1000.0),
+        key_id: ctx.key.as_ref().map(|k| &*k.id),
+        plan,
+        limited: ctx.limited.as_deref(),
+        upstream_ms: ctx.upstream_ms.map(round_ms),
+    });
+}
+
+/// Three decimals: microsecond resolution is plenty, and lines stay short.
+fn round_ms(ms: f64) -> f64 {
+    (ms * 1000.0).round() / 1000.0
+}
+
+/// Status codes as static label strings, without allocating for the common ones.
+fn status_label(status: u16) -> &'static str {
+    const KNOWN: &[(u16, &str)] = &[
+        (200, "200"), (201, "201"), (202, "202"), (204, "204"), (301, "301"), (302, "302"),
+        (304, "304"), (400, "400"), (401, "401"), (403, "403"), (404, "404"), (405, "405"),
+        (409, "409"), (413, "413"), (422, "422"), (429, "429"), (431, "431"), (499, "499"),
+        (500, "500"), (502, "502"), (503, "503"), (504, "504"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(code, _)| *code == status)
+        .map(|(_, label)| *label)
+        .unwrap_or_else(|| class_label(status))
+}
+
+/// Rare codes are folded into their class, keeping label cardinality bounded.
+fn class_label(status: u16) -> &'static str {
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
+}

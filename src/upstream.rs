@@ -1,0 +1,66 @@
+//! The way to the upstream: the peer for a request, the headers it receives, and what a
+//! failure on the way means for the client.
+
+use pingora::http::RequestHeader;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType};
+
+use crate::config::ServerSettings;
+use crate::context::RequestCtx;
+use crate::error::GatewayError;
+
+/// How long an idle kept-alive upstream connection stays in the pool.
+const UPSTREAM_IDLE_SECS: u64 = 60;
+
+/// The upstream peer, with the current config's address and timeouts.
+pub fn peer(server: &ServerSettings) -> Box<HttpPeer> {
+    let mut peer = HttpPeer::new(server.upstream_addr, server.upstream_tls, server.upstream_sni.clone());
+    let timeout = Some(server.upstream_timeout);
+    peer.options.connection_timeout = timeout;
+    peer.options.total_connection_timeout = timeout;
+    peer.options.read_timeout = timeout;
+    peer.options.write_timeout = timeout;
+    peer.options.idle_timeout = Some(std::time::Duration::from_secs(UPSTREAM_IDLE_SECS));
+    Box::new(peer)
+}
+
+/// Sets the identity and request id headers the upstream sees; the client's copies go first.
+pub fn prepare_request(req: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Result<()> {
+    req.remove_header("x-api-key-id");
+    req.remove_header("x-api-plan");
+    req.remove_header("x-request-id");
+    if ctx.config.server.strip_authorization {
+        req.remove_header("authorization");
+    }
+    req.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+    if let Some(key) = &ctx.key {
+        req.insert_header("X-Api-Key-Id", &*key.id)?;
+        req.insert_header("X-Api-Plan", &*key.plan.name)?;
+    }
+    Ok(())
+}
+
+/// What a proxying failure means: the answer for the client (if it is still there) and the
+/// `kind` label of `termsgate_upstream_errors_total` (if the upstream was at fault).
+pub fn classify(e: &Error) -> (Option<GatewayError>, Option<&'static str>) {
+    use ErrorType::*;
+    match e.etype() {
+        HTTPStatus(413) => (Some(GatewayError::PayloadTooLarge), None),
+        HTTPStatus(431) => (Some(GatewayError::HeadersTooLarge), None),
+        ConnectTimedout | TLSHandshakeTimedout => (Some(GatewayError::UpstreamTimeout), Some("timeout")),
+        ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure | InvalidCert
+        | HandshakeError | SocketError | BindError | ConnectProxyFailure => {
+            (Some(GatewayError::UpstreamUnavailable), Some("connect"))
+        }
+        ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => {
+            (Some(GatewayError::UpstreamTimeout), Some("timeout"))
+        }
+        _ => match e.esource() {
+            // The client went away: nobody to answer, nothing upstream's fault.
+            ErrorSource::Downstream if matches!(e.etype(), ReadError | WriteError | ConnectionClosed | ReadTimedout | WriteTimedout) => (None, None),
+            ErrorSource::Downstream => (Some(GatewayError::BadRequest), None),
+            ErrorSource::Upstream => (Some(GatewayError::Internal), Some("other")),
+            _ => (Some(GatewayError::Internal), None),
+        },
+    }
+}
