@@ -4,6 +4,8 @@
 //! at `debug`/`trace` Pingora prints whole request headers, which would put bearer tokens and
 //! query strings in the logs. Our own code never logs either, at any level.
 
+use std::io::IsTerminal;
+
 use tracing::Level;
 use tracing_subscriber::filter::{filter_fn, EnvFilter};
 use tracing_subscriber::prelude::*;
@@ -16,6 +18,7 @@ pub fn init() {
     });
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(true)
         .with_filter(env)
         .with_filter(cap_third_party);
