@@ -51,7 +51,9 @@ impl AbuseGuard {
             window_ms: WINDOW.as_millis() as u64,
         }];
         let key = ip.to_string();
-        if let Decision::Refused { retry_after_ms, .. } = self.failures.check_and_charge(&key, &spec) {
+        if let Decision::Refused { retry_after_ms, .. } =
+            self.failures.check_and_charge(&key, &spec)
+        {
             let until = self.failures.clock().now_ms() + retry_after_ms;
             self.blocked_until_ms.insert(ip, until);
         }

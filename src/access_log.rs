@@ -69,7 +69,11 @@ impl AccessLog {
             .name("access-log".into())
             .spawn(move || write_loop(rx, sink, counter))
             .expect("spawning the access log thread at start-up");
-        AccessLog { tx, pending, dropped }
+        AccessLog {
+            tx,
+            pending,
+            dropped,
+        }
     }
 
     /// Queues one line; drops it (and counts the drop) when the buffer is full.
@@ -122,14 +126,25 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    /// A sink that blocks until released, standing for a stuck log pipeline.
-    struct Stuck(Arc<Mutex<()>>);
+    /// A sink that blocks until released, standing for a stuck log pipeline. `entered` turns
+    /// true once the writer thread is stuck in it.
+    struct Stuck {
+        gate: Arc<Mutex<()>>,
+        entered: Arc<std::sync::atomic::AtomicBool>,
+    }
+    impl Stuck {
+        fn block(&self) {
+            self.entered.store(true, Ordering::SeqCst);
+            let _held = self.gate.lock();
+        }
+    }
     impl Write for Stuck {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            let _held = self.0.lock();
+            self.block();
             Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
+            self.block();
             Ok(())
         }
     }
@@ -153,17 +168,27 @@ mod tests {
     #[test]
     fn a_stuck_sink_drops_lines_instead_of_blocking() {
         let gate = Arc::new(Mutex::new(()));
+        let entered = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let held = gate.lock().expect("lock");
         let dropped = IntCounter::new("d", "d").expect("counter");
-        let log = AccessLog::start(Box::new(Stuck(gate.clone())), 4, dropped.clone());
+        let sink = Stuck {
+            gate: gate.clone(),
+            entered: entered.clone(),
+        };
+        let log = AccessLog::start(Box::new(sink), 4, dropped.clone());
+        log.log(&record());
+        while !entered.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        // The writer is stuck: four lines fit in the buffer, the other 96 are dropped, and
+        // `log` returned every time instead of waiting.
         for _ in 0..100 {
             log.log(&record());
         }
-        // The writer holds at most one line (blocked writing it) and the channel four more:
-        // everything past that was dropped, and `log` never blocked.
-        assert!(dropped.get() >= 95, "dropped {}", dropped.get());
+        assert_eq!(dropped.get(), 96);
         drop(held);
         log.drain(Duration::from_secs(5));
+        assert_eq!(log.pending.load(Ordering::SeqCst), 0);
     }
 
     #[test]
@@ -171,8 +196,25 @@ mod tests {
         let mut line = Vec::new();
         serde_json::to_writer(&mut line, &record()).expect("json");
         let v: serde_json::Value = serde_json::from_slice(&line).expect("parse");
-        let fields: Vec<&str> = v.as_object().expect("object").keys().map(|k| k.as_str()).collect();
-        let mut want = vec!["ts", "request_id", "client_ip", "method", "path", "status", "latency_ms", "key_id", "plan", "limited", "upstream_ms"];
+        let fields: Vec<&str> = v
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        let mut want = vec![
+            "ts",
+            "request_id",
+            "client_ip",
+            "method",
+            "path",
+            "status",
+            "latency_ms",
+            "key_id",
+            "plan",
+            "limited",
+            "upstream_ms",
+        ];
         want.sort();
         let mut got = fields.clone();
         got.sort();

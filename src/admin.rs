@@ -23,7 +23,11 @@ pub struct AdminApp {
 impl AdminApp {
     /// The admin app for a gateway listening on `public_listen`.
     pub fn new(shared: Arc<Shared>, public_listen: Vec<SocketAddr>) -> Self {
-        AdminApp { shared, public_listen, listener_seen_up: AtomicBool::new(false) }
+        AdminApp {
+            shared,
+            public_listen,
+            listener_seen_up: AtomicBool::new(false),
+        }
     }
 
     /// Ready once the public listener accepts connections, and until shutdown starts.
@@ -70,8 +74,15 @@ impl ServeHttp for AdminApp {
         match session.req_header().uri.path() {
             "/metrics" => {
                 let memory = self.shared.limiter.memory();
-                self.shared.metrics.limiter_keys.set(memory.key_count() as i64);
-                text(200, "text/plain; version=0.0.4", self.shared.metrics.render())
+                self.shared
+                    .metrics
+                    .limiter_keys
+                    .set(memory.key_count() as i64);
+                text(
+                    200,
+                    "text/plain; version=0.0.4",
+                    self.shared.metrics.render(),
+                )
             }
             "/healthz" => text(200, "text/plain", b"ok\n".to_vec()),
             "/readyz" if self.ready() => text(200, "text/plain", b"ready\n".to_vec()),

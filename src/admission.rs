@@ -13,10 +13,17 @@ use crate::request_id;
 use crate::state::Shared;
 
 /// Runs every admission step; `Err` is the answer to send instead of proxying.
-pub async fn admit(shared: &Shared, session: &Session, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+pub async fn admit(
+    shared: &Shared,
+    session: &Session,
+    ctx: &mut RequestCtx,
+) -> Result<(), GatewayError> {
     let req = session.req_header();
     ctx.request_id = request_id::assign(req.headers.get("x-request-id").map(|v| v.as_bytes()));
-    let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
     ctx.client_ip = client_ip::resolve(peer, &req.headers, &ctx.config.server);
     ctx.route_mask = ctx.config.route_mask(&req.method, req.uri.path());
 
@@ -25,9 +32,15 @@ pub async fn admit(shared: &Shared, session: &Session, ctx: &mut RequestCtx) -> 
         return Err(GatewayError::TooManyInvalidKeys { retry_after_secs });
     }
     let key = auth::authenticate(&req.headers, &ctx.config).map_err(|e| {
-        shared.metrics.auth_failures.with_label_values(&[e.reason()]).inc();
+        shared
+            .metrics
+            .auth_failures
+            .with_label_values(&[e.reason()])
+            .inc();
         if let Some(ip) = ctx.client_ip {
-            shared.abuse.record_failure(ip, ctx.config.abuse.max_invalid_keys_per_minute);
+            shared
+                .abuse
+                .record_failure(ip, ctx.config.abuse.max_invalid_keys_per_minute);
         }
         GatewayError::InvalidApiKey(e)
     })?;
@@ -37,7 +50,10 @@ pub async fn admit(shared: &Shared, session: &Session, ctx: &mut RequestCtx) -> 
     apply_limits(shared, ctx, &key).await
 }
 
-fn check_body_size(req: &pingora::http::RequestHeader, max_body_bytes: u64) -> Result<(), GatewayError> {
+fn check_body_size(
+    req: &pingora::http::RequestHeader,
+    max_body_bytes: u64,
+) -> Result<(), GatewayError> {
     let declared = req
         .headers
         .get(http::header::CONTENT_LENGTH)
@@ -59,13 +75,20 @@ async fn apply_limits(
         return Ok(());
     }
     ctx.limits = Some(limits.clone());
-    let verdict = shared.limiter.check(&key.id, &limits, &ctx.config.limiter).await;
+    let verdict = shared
+        .limiter
+        .check(&key.id, &limits, &ctx.config.limiter)
+        .await;
     match verdict {
         Verdict::Decided(Decision::Admitted { statuses }) => {
             ctx.statuses = statuses;
             Ok(())
         }
-        Verdict::Decided(Decision::Refused { limit_index, retry_after_ms, statuses }) => {
+        Verdict::Decided(Decision::Refused {
+            limit_index,
+            retry_after_ms,
+            statuses,
+        }) => {
             ctx.statuses = statuses;
             let refusing = &limits[limit_index];
             ctx.limited = Some(refusing.name.clone());

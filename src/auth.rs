@@ -74,7 +74,9 @@ pub fn parse_bearer(value: &[u8]) -> Result<&[u8], AuthError> {
     let token = rest.trim_ascii_start();
     let well_formed = !token.is_empty()
         && std::str::from_utf8(token).is_ok()
-        && !token.iter().any(|b| b.is_ascii_whitespace() || b.is_ascii_control());
+        && !token
+            .iter()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control());
     if well_formed {
         Ok(token)
     } else {
@@ -90,15 +92,28 @@ mod tests {
     fn headers(values: &[&[u8]]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for v in values {
-            h.append(AUTHORIZATION, HeaderValue::from_bytes(v).expect("header value"));
+            h.append(
+                AUTHORIZATION,
+                HeaderValue::from_bytes(v).expect("header value"),
+            );
         }
         h
     }
 
     #[test]
     fn the_scheme_is_case_insensitive() {
-        for v in [&b"Bearer tok_1"[..], b"bearer tok_1", b"BEARER tok_1", b"bEaReR   tok_1 "] {
-            assert_eq!(parse_bearer(v), Ok(&b"tok_1"[..]), "{:?}", String::from_utf8_lossy(v));
+        for v in [
+            &b"Bearer tok_1"[..],
+            b"bearer tok_1",
+            b"BEARER tok_1",
+            b"bEaReR   tok_1 ",
+        ] {
+            assert_eq!(
+                parse_bearer(v),
+                Ok(&b"tok_1"[..]),
+                "{:?}",
+                String::from_utf8_lossy(v)
+            );
         }
     }
 
@@ -114,7 +129,12 @@ mod tests {
             b"",
             b"Token abc",
         ] {
-            assert_eq!(parse_bearer(v), Err(AuthError::Malformed), "{:?}", String::from_utf8_lossy(v));
+            assert_eq!(
+                parse_bearer(v),
+                Err(AuthError::Malformed),
+                "{:?}",
+                String::from_utf8_lossy(v)
+            );
         }
     }
 

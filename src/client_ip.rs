@@ -11,7 +11,11 @@ use http::HeaderMap;
 use crate::config::ServerSettings;
 
 /// The client address of a request whose socket peer is `peer`.
-pub fn resolve(peer: Option<IpAddr>, headers: &HeaderMap, server: &ServerSettings) -> Option<IpAddr> {
+pub fn resolve(
+    peer: Option<IpAddr>,
+    headers: &HeaderMap,
+    server: &ServerSettings,
+) -> Option<IpAddr> {
     let peer = peer?;
     if server.trusted_proxies.is_empty() || !server.is_trusted_proxy(peer) {
         return Some(peer);

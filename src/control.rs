@@ -30,26 +30,31 @@ pub fn start(
     phases: broadcast::Receiver<ExecutionPhase>,
 ) -> std::io::Result<()> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new().name("control".into()).spawn(move || {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                let _ = ready_tx.send(Err(e));
-                return;
-            }
-        };
-        rt.block_on(async move {
-            let hup = match signal(SignalKind::hangup()) {
-                Ok(s) => s,
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
                     return;
                 }
             };
-            let _ = ready_tx.send(Ok(()));
-            control_loop(shared, config_path, hup, phases).await;
-        });
-    })?;
+            rt.block_on(async move {
+                let hup = match signal(SignalKind::hangup()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                control_loop(shared, config_path, hup, phases).await;
+            });
+        })?;
     ready_rx
         .recv()
         .map_err(|_| std::io::Error::other("control thread died at start"))?
@@ -63,7 +68,9 @@ async fn control_loop(
 ) {
     let reloader = config_path.map(|p| Reloader::new(shared.clone(), p));
     let (fs_tx, mut fs_rx) = mpsc::unbounded_channel();
-    let mut watch = reloader.as_ref().and_then(|r| FileWatch::start(&shared, r.path(), fs_tx));
+    let mut watch = reloader
+        .as_ref()
+        .and_then(|r| FileWatch::start(&shared, r.path(), fs_tx));
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     loop {
         tokio::select! {
@@ -141,7 +148,12 @@ impl FileWatch {
                 return None;
             }
         };
-        let mut w = FileWatch { shared: shared.clone(), watcher, dirs: HashSet::new(), fingerprint: Vec::new() };
+        let mut w = FileWatch {
+            shared: shared.clone(),
+            watcher,
+            dirs: HashSet::new(),
+            fingerprint: Vec::new(),
+        };
         w.refresh();
         Some(w)
     }

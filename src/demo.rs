@@ -55,10 +55,18 @@ pub struct DemoKey {
 }
 
 /// The demo config text and its keys.
-pub fn config(listen: SocketAddr, admin: SocketAddr, upstream: SocketAddr) -> (String, Vec<DemoKey>) {
+pub fn config(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    upstream: SocketAddr,
+) -> (String, Vec<DemoKey>) {
     let keys: Vec<DemoKey> = ["free", "pro", "scale"]
         .into_iter()
-        .map(|plan| DemoKey { id: format!("key_{plan}_demo"), plan, token: keys::mint_token() })
+        .map(|plan| DemoKey {
+            id: format!("key_{plan}_demo"),
+            plan,
+            token: keys::mint_token(),
+        })
         .collect();
     let mut text = format!(
         "[server]\nlisten = \"{listen}\"\nupstream = \"{upstream}\"\nwatch = false\ndrain_timeout_s = 2\n\n[admin]\nlisten = \"{admin}\"\n{PLANS}"
@@ -117,7 +125,10 @@ fn json_response(status: u16, body: &Value) -> Response<Vec<u8>> {
 }
 
 fn not_found() -> Response<Vec<u8>> {
-    json_response(404, &json!({"error": {"code": "agent_not_found", "message": "No such agent."}}))
+    json_response(
+        404,
+        &json!({"error": {"code": "agent_not_found", "message": "No such agent."}}),
+    )
 }
 
 impl AgentsApi {
@@ -126,9 +137,15 @@ impl AgentsApi {
             .ok()
             .and_then(|v| v.get("task").and_then(Value::as_str).map(str::to_string));
         let Some(task) = task.filter(|t| !t.is_empty() && t.chars().count() <= 4000) else {
-            return json_response(400, &json!({"error": {"code": "invalid_task", "message": "Missing or too-long task."}}));
+            return json_response(
+                400,
+                &json!({"error": {"code": "invalid_task", "message": "Missing or too-long task."}}),
+            );
         };
-        let id = format!("ag_demo{:06}", self.next_id.fetch_add(1, Ordering::Relaxed) + 1);
+        let id = format!(
+            "ag_demo{:06}",
+            self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+        );
         let agent = json!({
             "agent_id": id, "name": "Untitled Agent", "status": "spawning", "task": task,
             "created_at": crate::access_log::timestamp_now(), "model": "jettson-6.0",
@@ -154,11 +171,16 @@ impl ServeHttp for AgentsApi {
         while let Ok(Some(chunk)) = session.read_request_body().await {
             body.extend_from_slice(&chunk);
         }
-        let id = path.strip_prefix("/api/v1/agents/").filter(|id| !id.is_empty() && !id.contains('/'));
+        let id = path
+            .strip_prefix("/api/v1/agents/")
+            .filter(|id| !id.is_empty() && !id.contains('/'));
         match (method, path.as_str(), id) {
             (Method::POST, "/api/v1/agents", _) => self.spawn(&body),
             (Method::GET, "/api/v1/agents", _) => self.list(),
-            (Method::GET, _, Some(id)) => self.agents.get(id).map_or_else(not_found, |a| json_response(200, a.value())),
+            (Method::GET, _, Some(id)) => self
+                .agents
+                .get(id)
+                .map_or_else(not_found, |a| json_response(200, a.value())),
             (Method::DELETE, _, Some(id)) => match self.agents.get_mut(id) {
                 Some(mut a) => {
                     a["status"] = json!("stopped");
@@ -166,7 +188,10 @@ impl ServeHttp for AgentsApi {
                 }
                 None => not_found(),
             },
-            _ => json_response(404, &json!({"error": {"code": "not_found", "message": "No such route."}})),
+            _ => json_response(
+                404,
+                &json!({"error": {"code": "not_found", "message": "No such route."}}),
+            ),
         }
     }
 }

@@ -13,9 +13,8 @@ use tracing_subscriber::prelude::*;
 /// Installs the stderr subscriber. Safe to call once per process.
 pub fn init() {
     let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let cap_third_party = filter_fn(|meta| {
-        meta.target().starts_with("termsgate") || *meta.level() <= Level::INFO
-    });
+    let cap_third_party =
+        filter_fn(|meta| meta.target().starts_with("termsgate") || *meta.level() <= Level::INFO);
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())

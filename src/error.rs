@@ -168,7 +168,10 @@ impl RateLimitRefusal {
         d.insert("plan".into(), Value::from(&*self.plan));
         d.insert("limit".into(), Value::from(&*self.limit));
         d.insert("window".into(), Value::from(window_label(self.window_secs)));
-        d.insert("retryAfterSeconds".into(), Value::from(self.retry_after_secs));
+        d.insert(
+            "retryAfterSeconds".into(),
+            Value::from(self.retry_after_secs),
+        );
         for (window_secs, max) in &self.matched {
             let field = match window_secs {
                 60 => "limitPerMinute",
@@ -204,14 +207,25 @@ mod tests {
         );
         let (header, _) = err.response().expect("header");
         assert_eq!(header.status.as_u16(), 429);
-        assert_eq!(header.headers.get("Retry-After").expect("retry-after"), "12");
+        assert_eq!(
+            header.headers.get("Retry-After").expect("retry-after"),
+            "12"
+        );
     }
 
     #[test]
     fn each_error_has_its_status_and_code() {
         let cases = [
-            (GatewayError::InvalidApiKey(AuthError::Missing), 401, "invalid_api_key"),
-            (GatewayError::UpstreamUnavailable, 503, "temporarily_unavailable"),
+            (
+                GatewayError::InvalidApiKey(AuthError::Missing),
+                401,
+                "invalid_api_key",
+            ),
+            (
+                GatewayError::UpstreamUnavailable,
+                503,
+                "temporarily_unavailable",
+            ),
             (GatewayError::UpstreamTimeout, 504, "upstream_timeout"),
             (GatewayError::PayloadTooLarge, 413, "payload_too_large"),
             (GatewayError::Internal, 500, "internal_error"),
@@ -219,11 +233,19 @@ mod tests {
         for (err, status, code) in cases {
             let (header, body) = err.response().expect("header");
             assert_eq!(header.status.as_u16(), status);
-            assert_eq!(header.headers.get("Content-Type").expect("type"), "application/json");
+            assert_eq!(
+                header.headers.get("Content-Type").expect("type"),
+                "application/json"
+            );
             let v: Value = serde_json::from_slice(&body).expect("json");
             assert_eq!(v["error"]["code"], code);
         }
-        let (h, _) = GatewayError::InvalidApiKey(AuthError::UnknownKey).response().expect("h");
-        assert_eq!(h.headers.get("WWW-Authenticate").expect("www-auth"), "Bearer");
+        let (h, _) = GatewayError::InvalidApiKey(AuthError::UnknownKey)
+            .response()
+            .expect("h");
+        assert_eq!(
+            h.headers.get("WWW-Authenticate").expect("www-auth"),
+            "Bearer"
+        );
     }
 }

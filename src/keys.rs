@@ -25,7 +25,10 @@ pub fn hash_hex(token: &str) -> String {
 
 /// The `[[keys]]` block to paste into a config: only the hash, never the token.
 pub fn toml_block(id: &str, plan: &str, token: &str) -> String {
-    format!("[[keys]]\nid = \"{id}\"\nsha256 = \"{}\"\nplan = \"{plan}\"\n", hash_hex(token))
+    format!(
+        "[[keys]]\nid = \"{id}\"\nsha256 = \"{}\"\nplan = \"{plan}\"\n",
+        hash_hex(token)
+    )
 }
 
 /// A fresh key id when none is given.

@@ -12,7 +12,11 @@ use termsgate::{config, demo, diagnostics, keys, server};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "termsgate", version, about = "An edge gateway that enforces an API's terms of use")]
+#[command(
+    name = "termsgate",
+    version,
+    about = "An edge gateway that enforces an API's terms of use"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -68,8 +72,12 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
-        Command::Key { command: KeyCommand::New { plan, id } } => key_new(&plan, id),
-        Command::Key { command: KeyCommand::Hash } => key_hash(),
+        Command::Key {
+            command: KeyCommand::New { plan, id },
+        } => key_new(&plan, id),
+        Command::Key {
+            command: KeyCommand::Hash,
+        } => key_hash(),
         Command::Demo { port, admin_port } => demo(port, admin_port),
     }
 }
@@ -104,11 +112,16 @@ fn check(path: &Path) -> ExitCode {
 fn key_new(plan: &str, id: Option<String>) -> ExitCode {
     let id = id.unwrap_or_else(keys::default_id);
     if !termsgate::request_id::is_valid(&id) {
-        return fail(format!("--id {id:?}: use 1-128 characters of A-Z a-z 0-9 . _ : -"));
+        return fail(format!(
+            "--id {id:?}: use 1-128 characters of A-Z a-z 0-9 . _ : -"
+        ));
     }
     let token = keys::mint_token();
     println!("API key (shown once; give it to the client, store it nowhere else):\n{token}\n");
-    println!("Paste into the config:\n{}", keys::toml_block(&id, plan, &token));
+    println!(
+        "Paste into the config:\n{}",
+        keys::toml_block(&id, plan, &token)
+    );
     ExitCode::SUCCESS
 }
 

@@ -46,14 +46,18 @@ pub struct Metrics {
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    registry.register(Box::new(c.clone())).expect("metric registered once");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
     c
 }
 
 fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS_SECS.to_vec());
     let h = HistogramVec::new(opts, labels).expect("static metric definition");
-    registry.register(Box::new(h.clone())).expect("metric registered once");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("metric registered once");
     h
 }
 
@@ -62,35 +66,100 @@ impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
         let m = Metrics {
-            requests: counter_vec(&r, "termsgate_requests_total", "Requests answered, by plan, route and status.", &["plan", "route", "status"]),
-            request_duration: histogram_vec(&r, "termsgate_request_duration_seconds", "Time from the first request byte to the last response byte.", &["plan", "route"]),
-            upstream_duration: histogram_vec(&r, "termsgate_upstream_duration_seconds", "Time from sending the request upstream to its response header.", &["route"]),
-            rate_limited: counter_vec(&r, "termsgate_rate_limited_total", "Requests refused by a plan limit.", &["plan", "limit"]),
-            auth_failures: counter_vec(&r, "termsgate_auth_failures_total", "Requests refused for a missing, malformed or unknown key.", &["reason"]),
-            upstream_errors: counter_vec(&r, "termsgate_upstream_errors_total", "Failures talking to the upstream.", &["kind"]),
-            config_reloads: counter_vec(&r, "termsgate_config_reloads_total", "Config reload attempts.", &["result"]),
+            requests: counter_vec(
+                &r,
+                "termsgate_requests_total",
+                "Requests answered, by plan, route and status.",
+                &["plan", "route", "status"],
+            ),
+            request_duration: histogram_vec(
+                &r,
+                "termsgate_request_duration_seconds",
+                "Time from the first request byte to the last response byte.",
+                &["plan", "route"],
+            ),
+            upstream_duration: histogram_vec(
+                &r,
+                "termsgate_upstream_duration_seconds",
+                "Time from sending the request upstream to its response header.",
+                &["route"],
+            ),
+            rate_limited: counter_vec(
+                &r,
+                "termsgate_rate_limited_total",
+                "Requests refused by a plan limit.",
+                &["plan", "limit"],
+            ),
+            auth_failures: counter_vec(
+                &r,
+                "termsgate_auth_failures_total",
+                "Requests refused for a missing, malformed or unknown key.",
+                &["reason"],
+            ),
+            upstream_errors: counter_vec(
+                &r,
+                "termsgate_upstream_errors_total",
+                "Failures talking to the upstream.",
+                &["kind"],
+            ),
+            config_reloads: counter_vec(
+                &r,
+                "termsgate_config_reloads_total",
+                "Config reload attempts.",
+                &["result"],
+            ),
             config_last_reload_success: {
-                let g = Gauge::new("termsgate_config_last_reload_success_timestamp_seconds", "Unix time of the last config load that succeeded.").expect("static metric definition");
-                r.register(Box::new(g.clone())).expect("metric registered once");
+                let g = Gauge::new(
+                    "termsgate_config_last_reload_success_timestamp_seconds",
+                    "Unix time of the last config load that succeeded.",
+                )
+                .expect("static metric definition");
+                r.register(Box::new(g.clone()))
+                    .expect("metric registered once");
                 g
             },
             limiter_keys: {
-                let g = IntGauge::new("termsgate_limiter_keys", "Keys holding window state in this process.").expect("static metric definition");
-                r.register(Box::new(g.clone())).expect("metric registered once");
+                let g = IntGauge::new(
+                    "termsgate_limiter_keys",
+                    "Keys holding window state in this process.",
+                )
+                .expect("static metric definition");
+                r.register(Box::new(g.clone()))
+                    .expect("metric registered once");
                 g
             },
             access_log_dropped: {
-                let c = IntCounter::new("termsgate_access_log_dropped_total", "Access log lines dropped because the log buffer was full.").expect("static metric definition");
-                r.register(Box::new(c.clone())).expect("metric registered once");
+                let c = IntCounter::new(
+                    "termsgate_access_log_dropped_total",
+                    "Access log lines dropped because the log buffer was full.",
+                )
+                .expect("static metric definition");
+                r.register(Box::new(c.clone()))
+                    .expect("metric registered once");
                 c
             },
             abuse_blocked: {
-                let c = IntCounter::new("termsgate_abuse_blocked_total", "Requests refused because their IP sent too many invalid keys.").expect("static metric definition");
-                r.register(Box::new(c.clone())).expect("metric registered once");
+                let c = IntCounter::new(
+                    "termsgate_abuse_blocked_total",
+                    "Requests refused because their IP sent too many invalid keys.",
+                )
+                .expect("static metric definition");
+                r.register(Box::new(c.clone()))
+                    .expect("metric registered once");
                 c
             },
-            backend_errors: counter_vec(&r, "termsgate_limiter_backend_errors_total", "Limiter backend failures.", &["kind"]),
-            backend_duration: histogram_vec(&r, "termsgate_limiter_backend_duration_seconds", "Round trip to the limiter backend.", &["backend"]),
+            backend_errors: counter_vec(
+                &r,
+                "termsgate_limiter_backend_errors_total",
+                "Limiter backend failures.",
+                &["kind"],
+            ),
+            backend_duration: histogram_vec(
+                &r,
+                "termsgate_limiter_backend_duration_seconds",
+                "Round trip to the limiter backend.",
+                &["backend"],
+            ),
             registry: r,
         };
         m.preset_labels();

@@ -55,12 +55,19 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
         if ctx.body_bytes > ctx.config.server.max_body_bytes {
-            return Error::e_explain(ErrorType::HTTPStatus(413), "request body over max_body_bytes");
+            return Error::e_explain(
+                ErrorType::HTTPStatus(413),
+                "request body over max_body_bytes",
+            );
         }
         Ok(())
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         Ok(upstream::peer(&ctx.config.server))
     }
 
@@ -81,7 +88,9 @@ impl ProxyHttp for Gateway {
         _upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        ctx.upstream_ms = ctx.upstream_sent.map(|t| t.elapsed().as_secs_f64() * 1000.0);
+        ctx.upstream_ms = ctx
+            .upstream_sent
+            .map(|t| t.elapsed().as_secs_f64() * 1000.0);
         Ok(())
     }
 
@@ -106,10 +115,19 @@ impl ProxyHttp for Gateway {
         e
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let (answer, upstream_kind) = upstream::classify(e);
         if let Some(kind) = upstream_kind {
-            self.shared.metrics.upstream_errors.with_label_values(&[kind]).inc();
+            self.shared
+                .metrics
+                .upstream_errors
+                .with_label_values(&[kind])
+                .inc();
             tracing::warn!(request_id = %ctx.request_id, error = ?e.etype(), "upstream error: {kind}");
         }
         let already_answered = session.response_written().is_some();
@@ -123,7 +141,10 @@ impl ProxyHttp for Gateway {
             }
             _ => 0,
         };
-        FailToProxy { error_code: code, can_reuse_downstream: false }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
@@ -133,6 +154,11 @@ impl ProxyHttp for Gateway {
     fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
         // Pingora's default summary includes the query string; ours never does.
         let req = session.req_header();
-        format!("{} {} request_id={}", req.method, req.uri.path(), ctx.request_id)
+        format!(
+            "{} {} request_id={}",
+            req.method,
+            req.uri.path(),
+            ctx.request_id
+        )
     }
 }

@@ -21,7 +21,11 @@ fn wait_secs(status: &LimitStatus) -> u64 {
 }
 
 /// Adds the rate limit headers for `limits` (in config order) and their `statuses`.
-pub fn apply(header: &mut ResponseHeader, limits: &[LimitSpec], statuses: &[LimitStatus]) -> pingora::Result<()> {
+pub fn apply(
+    header: &mut ResponseHeader,
+    limits: &[LimitSpec],
+    statuses: &[LimitStatus],
+) -> pingora::Result<()> {
     if limits.is_empty() || limits.len() != statuses.len() {
         return Ok(());
     }
@@ -29,8 +33,20 @@ pub fn apply(header: &mut ResponseHeader, limits: &[LimitSpec], statuses: &[Limi
     let mut state = String::with_capacity(48 * limits.len());
     for (i, (spec, status)) in limits.iter().zip(statuses).enumerate() {
         let sep = if i == 0 { "" } else { ", " };
-        let _ = write!(policy, "{sep}\"{}\";q={};w={}", spec.name, spec.max, spec.window_ms / 1000);
-        let _ = write!(state, "{sep}\"{}\";r={};t={}", spec.name, status.remaining, wait_secs(status));
+        let _ = write!(
+            policy,
+            "{sep}\"{}\";q={};w={}",
+            spec.name,
+            spec.max,
+            spec.window_ms / 1000
+        );
+        let _ = write!(
+            state,
+            "{sep}\"{}\";r={};t={}",
+            spec.name,
+            status.remaining,
+            wait_secs(status)
+        );
     }
     let tightest = limits
         .iter()
@@ -52,21 +68,47 @@ mod tests {
     use std::sync::Arc;
 
     fn spec(name: &str, max: u32, window_secs: u64) -> LimitSpec {
-        LimitSpec { name: Arc::from(name), max, window_ms: window_secs * 1000 }
+        LimitSpec {
+            name: Arc::from(name),
+            max,
+            window_ms: window_secs * 1000,
+        }
     }
 
     #[test]
     fn headers_follow_the_draft() {
-        let limits = [spec("spawns_per_minute", 5, 60), spec("spawns_per_hour", 30, 3600)];
+        let limits = [
+            spec("spawns_per_minute", 5, 60),
+            spec("spawns_per_hour", 30, 3600),
+        ];
         let statuses = [
-            LimitStatus { remaining: 0, wait_ms: 41_200 },
-            LimitStatus { remaining: 25, wait_ms: 0 },
+            LimitStatus {
+                remaining: 0,
+                wait_ms: 41_200,
+            },
+            LimitStatus {
+                remaining: 25,
+                wait_ms: 0,
+            },
         ];
         let mut h = ResponseHeader::build(200, None).expect("header");
         apply(&mut h, &limits, &statuses).expect("apply");
-        let get = |n: &str| h.headers.get(n).expect(n).to_str().expect("ascii").to_string();
-        assert_eq!(get("RateLimit-Policy"), "\"spawns_per_minute\";q=5;w=60, \"spawns_per_hour\";q=30;w=3600");
-        assert_eq!(get("RateLimit"), "\"spawns_per_minute\";r=0;t=42, \"spawns_per_hour\";r=25;t=0");
+        let get = |n: &str| {
+            h.headers
+                .get(n)
+                .expect(n)
+                .to_str()
+                .expect("ascii")
+                .to_string()
+        };
+        assert_eq!(
+            get("RateLimit-Policy"),
+            "\"spawns_per_minute\";q=5;w=60, \"spawns_per_hour\";q=30;w=3600"
+        );
+        assert_eq!(
+            get("RateLimit"),
+            "\"spawns_per_minute\";r=0;t=42, \"spawns_per_hour\";r=25;t=0"
+        );
         assert_eq!(get("X-RateLimit-Limit"), "5");
         assert_eq!(get("X-RateLimit-Remaining"), "0");
         assert_eq!(get("X-RateLimit-Reset"), "42");

@@ -44,7 +44,13 @@ mod tests {
 
     #[test]
     fn invalid_client_ids_are_replaced() {
-        for id in [&b""[..], b"not valid <script>", "y".repeat(129).as_bytes(), b"caf\xc3\xa9", b"\xff"] {
+        for id in [
+            &b""[..],
+            b"not valid <script>",
+            "y".repeat(129).as_bytes(),
+            b"caf\xc3\xa9",
+            b"\xff",
+        ] {
             let got = assign(Some(id));
             assert_ne!(got.as_bytes(), id);
             assert!(is_valid(&got), "{got}");

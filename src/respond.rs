@@ -17,7 +17,11 @@ pub fn decorate(header: &mut ResponseHeader, ctx: &RequestCtx) -> pingora::Resul
 }
 
 /// Answers the request with `err` in the API's envelope.
-pub async fn send_error(session: &mut Session, ctx: &mut RequestCtx, err: GatewayError) -> pingora::Result<()> {
+pub async fn send_error(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    err: GatewayError,
+) -> pingora::Result<()> {
     let (mut header, body) = err.response()?;
     decorate(&mut header, ctx)?;
     if err.status() >= 500 || err.status() == 413 || err.status() == 431 {
@@ -25,6 +29,8 @@ pub async fn send_error(session: &mut Session, ctx: &mut RequestCtx, err: Gatewa
         session.set_keepalive(None);
     }
     ctx.error = Some(err);
-    session.write_response_header(Box::new(header), false).await?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
     session.write_response_body(Some(body), true).await
 }

@@ -89,7 +89,10 @@ pub fn run(
         }
     }
     tracing::info!(listen = ?public_listen, admin = %admin_listen, "termsgate starting");
-    let mut admin = Service::new("termsgate admin".into(), AdminApp::new(shared.clone(), public_listen));
+    let mut admin = Service::new(
+        "termsgate admin".into(),
+        AdminApp::new(shared.clone(), public_listen),
+    );
     admin.add_tcp(&admin_listen.to_string());
 
     server.add_service(proxy);

@@ -29,7 +29,9 @@ pub fn record(shared: &Shared, session: &Session, ctx: &RequestCtx) {
         .with_label_values(&[plan_label, route])
         .observe(latency.as_secs_f64());
     if let Some(ms) = ctx.upstream_ms {
-        m.upstream_duration.with_label_values(&[route]).observe(ms / 1000.0);
+        m.upstream_duration
+            .with_label_values(&[route])
+            .observe(ms / 1000.0);
     }
 
     shared.access_log.log(&AccessRecord {
@@ -55,10 +57,28 @@ fn round_ms(ms: f64) -> f64 {
 /// Status codes as static label strings, without allocating for the common ones.
 fn status_label(status: u16) -> &'static str {
     const KNOWN: &[(u16, &str)] = &[
-        (200, "200"), (201, "201"), (202, "202"), (204, "204"), (301, "301"), (302, "302"),
-        (304, "304"), (400, "400"), (401, "401"), (403, "403"), (404, "404"), (405, "405"),
-        (409, "409"), (413, "413"), (422, "422"), (429, "429"), (431, "431"), (499, "499"),
-        (500, "500"), (502, "502"), (503, "503"), (504, "504"),
+        (200, "200"),
+        (201, "201"),
+        (202, "202"),
+        (204, "204"),
+        (301, "301"),
+        (302, "302"),
+        (304, "304"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (405, "405"),
+        (409, "409"),
+        (413, "413"),
+        (422, "422"),
+        (429, "429"),
+        (431, "431"),
+        (499, "499"),
+        (500, "500"),
+        (502, "502"),
+        (503, "503"),
+        (504, "504"),
     ];
     KNOWN
         .iter()

@@ -14,7 +14,11 @@ const UPSTREAM_IDLE_SECS: u64 = 60;
 
 /// The upstream peer, with the current config's address and timeouts.
 pub fn peer(server: &ServerSettings) -> Box<HttpPeer> {
-    let mut peer = HttpPeer::new(server.upstream_addr, server.upstream_tls, server.upstream_sni.clone());
+    let mut peer = HttpPeer::new(
+        server.upstream_addr,
+        server.upstream_tls,
+        server.upstream_sni.clone(),
+    );
     let timeout = Some(server.upstream_timeout);
     peer.options.connection_timeout = timeout;
     peer.options.total_connection_timeout = timeout;
@@ -47,7 +51,9 @@ pub fn classify(e: &Error) -> (Option<GatewayError>, Option<&'static str>) {
     match e.etype() {
         HTTPStatus(413) => (Some(GatewayError::PayloadTooLarge), None),
         HTTPStatus(431) => (Some(GatewayError::HeadersTooLarge), None),
-        ConnectTimedout | TLSHandshakeTimedout => (Some(GatewayError::UpstreamTimeout), Some("timeout")),
+        ConnectTimedout | TLSHandshakeTimedout => {
+            (Some(GatewayError::UpstreamTimeout), Some("timeout"))
+        }
         ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure | InvalidCert
         | HandshakeError | SocketError | BindError | ConnectProxyFailure => {
             (Some(GatewayError::UpstreamUnavailable), Some("connect"))
@@ -57,7 +63,14 @@ pub fn classify(e: &Error) -> (Option<GatewayError>, Option<&'static str>) {
         }
         _ => match e.esource() {
             // The client went away: nobody to answer, nothing upstream's fault.
-            ErrorSource::Downstream if matches!(e.etype(), ReadError | WriteError | ConnectionClosed | ReadTimedout | WriteTimedout) => (None, None),
+            ErrorSource::Downstream
+                if matches!(
+                    e.etype(),
+                    ReadError | WriteError | ConnectionClosed | ReadTimedout | WriteTimedout
+                ) =>
+            {
+                (None, None)
+            }
             ErrorSource::Downstream => (Some(GatewayError::BadRequest), None),
             ErrorSource::Upstream => (Some(GatewayError::Internal), Some("other")),
             _ => (Some(GatewayError::Internal), None),

@@ -18,7 +18,10 @@ async fn assert_invalid_key(resp: reqwest::Response) {
     assert_eq!(resp.status(), 401);
     let h = resp.headers().clone();
     assert_eq!(h["www-authenticate"], "Bearer");
-    assert!(h["content-type"].to_str().unwrap().starts_with("application/json"));
+    assert!(h["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
     assert!(h.contains_key("x-request-id"));
     let body: serde_json::Value = resp.json().await.expect("json body");
     assert_eq!(body["error"]["code"], "invalid_api_key");
@@ -45,8 +48,14 @@ async fn every_kind_of_bad_authorization_gets_401_and_nothing_goes_upstream() {
         assert_invalid_key(c.get(&url).headers(h).send().await.unwrap()).await;
     }
     let mut two = HeaderMap::new();
-    two.append("authorization", HeaderValue::from_str(&format!("Bearer {FREE}")).unwrap());
-    two.append("authorization", HeaderValue::from_str(&format!("Bearer {PRO}")).unwrap());
+    two.append(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {FREE}")).unwrap(),
+    );
+    two.append(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {PRO}")).unwrap(),
+    );
     assert_invalid_key(c.get(&url).headers(two).send().await.unwrap()).await;
     assert_eq!(up.total(), 0, "a refused request reached the upstream");
 }
@@ -57,7 +66,12 @@ async fn the_bearer_scheme_is_case_insensitive() {
     let gw = gateway(&up, "");
     let c = client();
     for scheme in ["Bearer", "bearer", "BEARER"] {
-        let r = c.get(gw.url("/api/v1/agents")).header("Authorization", format!("{scheme} {FREE}")).send().await.unwrap();
+        let r = c
+            .get(gw.url("/api/v1/agents"))
+            .header("Authorization", format!("{scheme} {FREE}"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{scheme}");
     }
     assert_eq!(up.total(), 3);
@@ -86,7 +100,12 @@ async fn identity_headers_are_set_and_client_copies_removed() {
 async fn strip_authorization_keeps_the_token_from_the_upstream() {
     let up = Upstream::start();
     let gw = gateway(&up, "strip_authorization = true");
-    let r = client().get(gw.url("/api/v1/agents")).bearer_auth(FREE).send().await.unwrap();
+    let r = client()
+        .get(gw.url("/api/v1/agents"))
+        .bearer_auth(FREE)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let seen = up.last().expect("seen");
     assert!(seen.header("authorization").is_empty());
@@ -98,11 +117,26 @@ async fn request_ids_are_kept_when_valid_replaced_otherwise_and_reach_the_upstre
     let up = Upstream::start();
     let gw = gateway(&up, "");
     let c = client();
-    let r = c.get(gw.url("/api/v1/agents")).bearer_auth(FREE).header("X-Request-Id", "client-id.42:a_b").send().await.unwrap();
+    let r = c
+        .get(gw.url("/api/v1/agents"))
+        .bearer_auth(FREE)
+        .header("X-Request-Id", "client-id.42:a_b")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["x-request-id"], "client-id.42:a_b");
-    assert_eq!(up.last().unwrap().header("x-request-id"), vec!["client-id.42:a_b"]);
+    assert_eq!(
+        up.last().unwrap().header("x-request-id"),
+        vec!["client-id.42:a_b"]
+    );
 
-    let r = c.get(gw.url("/api/v1/agents")).bearer_auth(FREE).header("X-Request-Id", "not valid <script>").send().await.unwrap();
+    let r = c
+        .get(gw.url("/api/v1/agents"))
+        .bearer_auth(FREE)
+        .header("X-Request-Id", "not valid <script>")
+        .send()
+        .await
+        .unwrap();
     let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_ne!(id, "not valid <script>");
     assert!(!id.is_empty() && id.len() <= 128);
@@ -111,7 +145,12 @@ async fn request_ids_are_kept_when_valid_replaced_otherwise_and_reach_the_upstre
 
     let mut ids = std::collections::HashSet::new();
     for _ in 0..20 {
-        let r = c.get(gw.url("/api/v1/agents")).bearer_auth(FREE).send().await.unwrap();
+        let r = c
+            .get(gw.url("/api/v1/agents"))
+            .bearer_auth(FREE)
+            .send()
+            .await
+            .unwrap();
         ids.insert(r.headers()["x-request-id"].to_str().unwrap().to_string());
     }
     assert_eq!(ids.len(), 20, "request ids repeat");
@@ -121,7 +160,12 @@ async fn request_ids_are_kept_when_valid_replaced_otherwise_and_reach_the_upstre
 async fn a_refused_upstream_connection_gives_503() {
     let dead = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let gw = Gateway::start(move |p, a| jettson_config(p, a, dead, ""));
-    let r = client().get(gw.url("/api/v1/agents")).bearer_auth(FREE).send().await.unwrap();
+    let r = client()
+        .get(gw.url("/api/v1/agents"))
+        .bearer_auth(FREE)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("x-request-id"));
     let body: serde_json::Value = r.json().await.unwrap();
@@ -136,9 +180,17 @@ async fn a_slow_upstream_gives_504_after_the_timeout() {
     let up = Upstream::start();
     let gw = gateway(&up, "upstream_timeout_ms = 300");
     let started = Instant::now();
-    let r = client().get(gw.url("/slow/3000")).bearer_auth(FREE).send().await.unwrap();
+    let r = client()
+        .get(gw.url("/slow/3000"))
+        .bearer_auth(FREE)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 504);
-    assert!(started.elapsed() < Duration::from_millis(2500), "did not time out");
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "did not time out"
+    );
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "upstream_timeout");
 }
@@ -147,7 +199,13 @@ async fn a_slow_upstream_gives_504_after_the_timeout() {
 async fn a_body_over_max_body_bytes_gets_413_before_the_upstream() {
     let up = Upstream::start();
     let gw = gateway(&up, "max_body_bytes = 100");
-    let r = client().post(gw.url("/api/v1/agents/ag_1/x")).bearer_auth(PRO).body(vec![b'a'; 1000]).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/api/v1/agents/ag_1/x"))
+        .bearer_auth(PRO)
+        .body(vec![b'a'; 1000])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "payload_too_large");
@@ -160,7 +218,12 @@ async fn upstream_responses_pass_through_with_keep_alive() {
     let gw = gateway(&up, "");
     let c = client();
     for _ in 0..5 {
-        let r = c.get(gw.url("/big/100000")).bearer_auth(PRO).send().await.unwrap();
+        let r = c
+            .get(gw.url("/big/100000"))
+            .bearer_auth(PRO)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.bytes().await.unwrap().len(), 100_000);
     }
@@ -178,8 +241,13 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     gw.signal("TERM");
-    let resp = inflight.await.unwrap().expect("in-flight request completed");
+    let resp = inflight
+        .await
+        .unwrap()
+        .expect("in-flight request completed");
     assert_eq!(resp.status(), 200);
-    let status = gw.wait_exit(Duration::from_secs(8)).expect("exited after draining");
+    let status = gw
+        .wait_exit(Duration::from_secs(8))
+        .expect("exited after draining");
     assert!(status.success(), "{status}");
 }

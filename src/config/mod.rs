@@ -41,16 +41,19 @@ pub enum ConfigError {
 /// Reads, parses and validates a config file and its `keys_file`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let parsed: file::FileConfig = parse_file(path)?;
-    let keys_path = parsed.server.keys_file.as_ref().map(|k| {
-        path.parent()
-            .unwrap_or_else(|| Path::new(""))
-            .join(k)
-    });
+    let keys_path = parsed
+        .server
+        .keys_file
+        .as_ref()
+        .map(|k| path.parent().unwrap_or_else(|| Path::new("")).join(k));
     let extra_keys = match &keys_path {
         Some(kp) => parse_file::<file::KeysFile>(kp)?.keys,
         None => Vec::new(),
     };
-    let sources = Sources { config_path: path.to_path_buf(), keys_path };
+    let sources = Sources {
+        config_path: path.to_path_buf(),
+        keys_path,
+    };
     validate::build(parsed, extra_keys, sources)
 }
 
@@ -60,7 +63,10 @@ pub fn load_str(text: &str, pretend_path: &Path) -> Result<Config, ConfigError> 
         path: pretend_path.to_path_buf(),
         message: one_line(&e.to_string()),
     })?;
-    let sources = Sources { config_path: pretend_path.to_path_buf(), keys_path: None };
+    let sources = Sources {
+        config_path: pretend_path.to_path_buf(),
+        keys_path: None,
+    };
     validate::build(parsed, Vec::new(), sources)
 }
 
@@ -79,7 +85,9 @@ fn parse_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigEr
 fn one_line(msg: &str) -> String {
     msg.lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' '))
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' ')
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }

@@ -43,7 +43,10 @@ impl Reloader {
             }
             Err(e) => {
                 self.shared.metrics.record_reload(false);
-                tracing::error!(trigger, "config reload refused, keeping the running config: {e}");
+                tracing::error!(
+                    trigger,
+                    "config reload refused, keeping the running config: {e}"
+                );
                 Err(e)
             }
         }

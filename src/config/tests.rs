@@ -68,18 +68,27 @@ fn shipped_configs_are_valid() {
 
 #[test]
 fn unknown_fields_are_refused() {
-    refused_with(&base("", "").replace("[admin]", "[admin]\ncolour = \"red\""), &["colour"]);
+    refused_with(
+        &base("", "").replace("[admin]", "[admin]\ncolour = \"red\""),
+        &["colour"],
+    );
 }
 
 #[test]
 fn a_key_on_a_missing_plan_is_refused() {
-    let extra = format!("[[keys]]\nid = \"k2\"\nsha256 = \"{}\"\nplan = \"platinum\"\n", HASH.replace('8', '9'));
+    let extra = format!(
+        "[[keys]]\nid = \"k2\"\nsha256 = \"{}\"\nplan = \"platinum\"\n",
+        HASH.replace('8', "9")
+    );
     refused_with(&base("", &extra), &["keys[1]", "k2", "platinum"]);
 }
 
 #[test]
 fn duplicate_ids_and_hashes_are_refused() {
-    let dup_id = format!("[[keys]]\nid = \"key_free\"\nsha256 = \"{}\"\nplan = \"free\"\n", HASH.replace('8', '9'));
+    let dup_id = format!(
+        "[[keys]]\nid = \"key_free\"\nsha256 = \"{}\"\nplan = \"free\"\n",
+        HASH.replace('8', "9")
+    );
     refused_with(&base("", &dup_id), &["key_free", "duplicate key id"]);
     let dup_hash = format!("[[keys]]\nid = \"k3\"\nsha256 = \"{HASH}\"\nplan = \"free\"\n");
     refused_with(&base("", &dup_hash), &["k3", "sha256"]);
@@ -87,14 +96,20 @@ fn duplicate_ids_and_hashes_are_refused() {
 
 #[test]
 fn duplicate_plans_routes_and_limits_are_refused() {
-    refused_with(&base("[[plans]]\nname = \"free\"\n", ""), &["plans[1]", "duplicate plan"]);
+    refused_with(
+        &base("[[plans]]\nname = \"free\"\n", ""),
+        &["plans[1]", "duplicate plan"],
+    );
     let dup_route = base("", "").replace(
         "[[plans]]",
         "[[routes]]\nname = \"spawn\"\npath = \"/x\"\n\n[[plans]]",
     );
     refused_with(&dup_route, &["routes[1]", "duplicate route"]);
     let dup_limit = "[[plans]]\nname = \"pro\"\nlimits = [ { name = \"a\", max = 1, window = 60 }, { name = \"a\", max = 2, window = 60 } ]\n";
-    refused_with(&base(dup_limit, ""), &["\"pro\"", "limits[1]", "duplicate limit"]);
+    refused_with(
+        &base(dup_limit, ""),
+        &["\"pro\"", "limits[1]", "duplicate limit"],
+    );
 }
 
 #[test]
@@ -112,7 +127,8 @@ fn bad_max_and_windows_are_refused() {
         ("max = 1, window = \"1y\"", "1y"),
         ("max = 1, window = 0", "window"),
     ] {
-        let plan = format!("[[plans]]\nname = \"pro\"\nlimits = [ {{ name = \"lim\", {limit} }} ]\n");
+        let plan =
+            format!("[[plans]]\nname = \"pro\"\nlimits = [ {{ name = \"lim\", {limit} }} ]\n");
         refused_with(&base(&plan, ""), &["\"pro\"", "\"lim\"", needle]);
     }
 }
@@ -120,18 +136,33 @@ fn bad_max_and_windows_are_refused() {
 #[test]
 fn malformed_hashes_are_refused() {
     for bad in [&HASH[..63], &HASH.to_uppercase(), &HASH.replace('a', "g")] {
-        refused_with(&base("", "").replace(HASH, bad), &["key_free", "64 lowercase hex"]);
+        refused_with(
+            &base("", "").replace(HASH, bad),
+            &["key_free", "64 lowercase hex"],
+        );
     }
 }
 
 #[test]
 fn bad_addresses_and_sections_are_refused() {
-    refused_with(&base("", "").replace("127.0.0.1:9090", "nowhere"), &["admin.listen"]);
-    refused_with(&base("", "").replace("listen = \"127.0.0.1:8080\"", "listen = []"), &["server.listen"]);
+    refused_with(
+        &base("", "").replace("127.0.0.1:9090", "nowhere"),
+        &["admin.listen"],
+    );
+    refused_with(
+        &base("", "").replace("listen = \"127.0.0.1:8080\"", "listen = []"),
+        &["server.listen"],
+    );
     let limiter = "[limiter]\nbackend = \"etcd\"\n";
-    refused_with(&format!("{}{limiter}", base("", "")), &["limiter.backend", "etcd"]);
+    refused_with(
+        &format!("{}{limiter}", base("", "")),
+        &["limiter.backend", "etcd"],
+    );
     let policy = "[limiter]\non_backend_error = \"maybe\"\n";
-    refused_with(&format!("{}{policy}", base("", "")), &["on_backend_error", "maybe"]);
+    refused_with(
+        &format!("{}{policy}", base("", "")),
+        &["on_backend_error", "maybe"],
+    );
 }
 
 #[test]

@@ -82,7 +82,10 @@ fn server(s: ServerFile, base_dir: &Path) -> Result<ServerSettings, ConfigError>
     if s.max_body_bytes == 0 {
         return Err(invalid("server.max_body_bytes: must be at least 1"));
     }
-    let upstream_sni = s.upstream_sni.clone().unwrap_or_else(|| host_of(&s.upstream));
+    let upstream_sni = s
+        .upstream_sni
+        .clone()
+        .unwrap_or_else(|| host_of(&s.upstream));
     Ok(ServerSettings {
         listen,
         upstream_addr,
@@ -109,7 +112,11 @@ fn host_of(upstream: &str) -> String {
 
 /// The upstream is resolved once per load: a DNS change is picked up by a reload.
 fn resolve_upstream(raw: &str) -> Result<SocketAddr, ConfigError> {
-    let not_found = || invalid(format!("server.upstream: {raw:?} is not a reachable host:port"));
+    let not_found = || {
+        invalid(format!(
+            "server.upstream: {raw:?} is not a reachable host:port"
+        ))
+    };
     raw.to_socket_addrs()
         .map_err(|_| not_found())?
         .next()
@@ -124,13 +131,18 @@ fn tls_files(
     let (cert, key) = match (cert, key) {
         (None, None) => return Ok(None),
         (Some(c), Some(k)) => (base_dir.join(c), base_dir.join(k)),
-        _ => return Err(invalid("server.tls_cert and server.tls_key: set both or neither")),
+        _ => {
+            return Err(invalid(
+                "server.tls_cert and server.tls_key: set both or neither",
+            ))
+        }
     };
     for (field, path) in [("server.tls_cert", &cert), ("server.tls_key", &key)] {
         std::fs::metadata(path)
             .map_err(|e| invalid(format!("{field}: cannot read {}: {e}", path.display())))?;
     }
-    crate::tls::check_pair(&cert, &key).map_err(|e| invalid(format!("server.tls_cert/tls_key: {e}")))?;
+    crate::tls::check_pair(&cert, &key)
+        .map_err(|e| invalid(format!("server.tls_cert/tls_key: {e}")))?;
     Ok(Some(TlsFiles { cert, key }))
 }
 
@@ -146,7 +158,9 @@ fn trusted_proxies(raw: &[String]) -> Result<Vec<IpNet>, ConfigError> {
 
 fn routes(raw: Vec<RouteFile>) -> Result<Vec<Route>, ConfigError> {
     if raw.len() > MAX_ROUTES {
-        return Err(invalid(format!("routes: at most {MAX_ROUTES} routes are supported")));
+        return Err(invalid(format!(
+            "routes: at most {MAX_ROUTES} routes are supported"
+        )));
     }
     let mut seen = HashSet::new();
     raw.into_iter()
@@ -173,19 +187,31 @@ fn route(r: RouteFile, at: &str) -> Result<Route, ConfigError> {
         ),
     };
     if !r.path.starts_with('/') {
-        return Err(invalid(format!("{at}: path {:?} must start with '/'", r.path)));
+        return Err(invalid(format!(
+            "{at}: path {:?} must start with '/'",
+            r.path
+        )));
     }
     let path = match r.path.strip_suffix("/*") {
         Some(prefix) => PathMatch::Prefix(prefix.to_string()),
         None if r.path.contains('*') => {
-            return Err(invalid(format!("{at}: '*' is only allowed as a trailing \"/*\"")))
+            return Err(invalid(format!(
+                "{at}: '*' is only allowed as a trailing \"/*\""
+            )))
         }
         None => PathMatch::Exact(r.path),
     };
-    Ok(Route { name: Arc::from(r.name), method, path })
+    Ok(Route {
+        name: Arc::from(r.name),
+        method,
+        path,
+    })
 }
 
-fn plans(raw: Vec<PlanFile>, routes: &[Route]) -> Result<HashMap<Arc<str>, Arc<Plan>>, ConfigError> {
+fn plans(
+    raw: Vec<PlanFile>,
+    routes: &[Route],
+) -> Result<HashMap<Arc<str>, Arc<Plan>>, ConfigError> {
     let mut out = HashMap::new();
     for (i, p) in raw.into_iter().enumerate() {
         let at = format!("plans[{i}] {:?}", p.name);
@@ -211,17 +237,18 @@ fn plan(p: PlanFile, routes: &[Route], at: &str) -> Result<Plan, ConfigError> {
         if !names.insert(l.name.clone()) {
             return Err(invalid(format!("{at}: duplicate limit name in this plan")));
         }
-        let route = match &l.route {
-            None => None,
-            Some(name) => Some(
-                routes
-                    .iter()
-                    .position(|r| &*r.name == name)
-                    .ok_or_else(|| invalid(format!("{at}: route {name:?} is not defined in [[routes]]")))?,
-            ),
-        };
+        let route =
+            match &l.route {
+                None => None,
+                Some(name) => Some(routes.iter().position(|r| &*r.name == name).ok_or_else(
+                    || invalid(format!("{at}: route {name:?} is not defined in [[routes]]")),
+                )?),
+            };
         if !(1..=MAX_LIMIT).contains(&l.max) {
-            return Err(invalid(format!("{at}: max = {} must be between 1 and {MAX_LIMIT}", l.max)));
+            return Err(invalid(format!(
+                "{at}: max = {} must be between 1 and {MAX_LIMIT}",
+                l.max
+            )));
         }
         let window = parse_window(&l.window).map_err(|e| invalid(format!("{at}: {e}")))?;
         let spec = LimitSpec {
@@ -233,11 +260,20 @@ fn plan(p: PlanFile, routes: &[Route], at: &str) -> Result<Plan, ConfigError> {
     }
     let applies = |l: &Limit, r: Option<usize>| l.route.is_none() || l.route == r;
     let collect = |r: Option<usize>| -> Arc<[LimitSpec]> {
-        limits.iter().filter(|l| applies(l, r)).map(|l| l.spec.clone()).collect()
+        limits
+            .iter()
+            .filter(|l| applies(l, r))
+            .map(|l| l.spec.clone())
+            .collect()
     };
     let by_route = (0..routes.len()).map(|r| collect(Some(r))).collect();
     let unrouted = collect(None);
-    Ok(Plan { name: Arc::from(p.name), limits, by_route, unrouted })
+    Ok(Plan {
+        name: Arc::from(p.name),
+        limits,
+        by_route,
+        unrouted,
+    })
 }
 
 fn keys(
@@ -249,18 +285,28 @@ fn keys(
     for (i, k) in raw.enumerate() {
         let at = format!("keys[{i}] {:?}", k.id);
         if k.id.is_empty() || !crate::request_id::is_valid(&k.id) {
-            return Err(invalid(format!("{at}: id must be 1-128 characters of A-Z a-z 0-9 . _ : -")));
+            return Err(invalid(format!(
+                "{at}: id must be 1-128 characters of A-Z a-z 0-9 . _ : -"
+            )));
         }
         if !ids.insert(k.id.clone()) {
             return Err(invalid(format!("{at}: duplicate key id")));
         }
         let hash = parse_hash(&k.sha256).map_err(|e| invalid(format!("{at}: sha256 {e}")))?;
-        let plan = plans
-            .get(k.plan.as_str())
-            .ok_or_else(|| invalid(format!("{at}: plan {:?} is not defined in [[plans]]", k.plan)))?;
-        let key = ApiKey { id: Arc::from(k.id), plan: plan.clone() };
+        let plan = plans.get(k.plan.as_str()).ok_or_else(|| {
+            invalid(format!(
+                "{at}: plan {:?} is not defined in [[plans]]",
+                k.plan
+            ))
+        })?;
+        let key = ApiKey {
+            id: Arc::from(k.id),
+            plan: plan.clone(),
+        };
         if out.insert(hash, Arc::new(key)).is_some() {
-            return Err(invalid(format!("{at}: the same sha256 is used by another key")));
+            return Err(invalid(format!(
+                "{at}: the same sha256 is used by another key"
+            )));
         }
     }
     Ok(out)
@@ -268,7 +314,10 @@ fn keys(
 
 /// A key hash must be 64 lowercase hex characters.
 fn parse_hash(raw: &str) -> Result<KeyHash, String> {
-    let ok = raw.len() == 64 && raw.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let ok = raw.len() == 64
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     if !ok {
         return Err("must be 64 lowercase hex characters".into());
     }
@@ -288,12 +337,18 @@ fn limiter(raw: Option<LimiterFile>) -> Result<LimiterSettings, ConfigError> {
     let backend = match l.backend.as_str() {
         "memory" => Backend::Memory,
         "redis" => {
-            let url = l.redis_url.unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+            let url = l
+                .redis_url
+                .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
             redis::Client::open(url.as_str())
                 .map_err(|e| invalid(format!("limiter.redis_url: {url:?}: {e}")))?;
             Backend::Redis { url }
         }
-        other => return Err(invalid(format!("limiter.backend: {other:?} is not \"memory\" or \"redis\""))),
+        other => {
+            return Err(invalid(format!(
+                "limiter.backend: {other:?} is not \"memory\" or \"redis\""
+            )))
+        }
     };
     let on_backend_error = match l.on_backend_error.as_str() {
         "local" => OnBackendError::Local,
@@ -316,11 +371,15 @@ fn limiter(raw: Option<LimiterFile>) -> Result<LimiterSettings, ConfigError> {
 }
 
 fn abuse(raw: Option<AbuseFile>) -> Result<AbuseSettings, ConfigError> {
-    let max = raw.map_or_else(default_max_invalid_keys_per_minute, |a| a.max_invalid_keys_per_minute);
+    let max = raw.map_or_else(default_max_invalid_keys_per_minute, |a| {
+        a.max_invalid_keys_per_minute
+    });
     if !(1..=MAX_LIMIT).contains(&max) {
         return Err(invalid(format!(
             "abuse.max_invalid_keys_per_minute: {max} must be between 1 and {MAX_LIMIT}"
         )));
     }
-    Ok(AbuseSettings { max_invalid_keys_per_minute: max as u32 })
+    Ok(AbuseSettings {
+        max_invalid_keys_per_minute: max as u32,
+    })
 }

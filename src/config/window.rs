@@ -11,7 +11,9 @@ const MAX_WINDOW_SECS: u64 = 366 * 86_400;
 pub(crate) fn parse_window(raw: &WindowFile) -> Result<Duration, String> {
     let secs = match raw {
         WindowFile::Seconds(n) if *n > 0 => *n as u64,
-        WindowFile::Seconds(n) => return Err(format!("window {n} must be a positive number of seconds")),
+        WindowFile::Seconds(n) => {
+            return Err(format!("window {n} must be a positive number of seconds"))
+        }
         WindowFile::Text(text) => parse_text(text)?,
     };
     if secs > MAX_WINDOW_SECS {
@@ -21,7 +23,11 @@ pub(crate) fn parse_window(raw: &WindowFile) -> Result<Duration, String> {
 }
 
 fn parse_text(text: &str) -> Result<u64, String> {
-    let bad = || format!("window {text:?} is not \"<n>s\", \"<n>m\", \"<n>h\", \"<n>d\" or a number of seconds");
+    let bad = || {
+        format!(
+            "window {text:?} is not \"<n>s\", \"<n>m\", \"<n>h\", \"<n>d\" or a number of seconds"
+        )
+    };
     let trimmed = text.trim();
     let (digits, unit_secs) = match trimmed.char_indices().last() {
         Some((i, 's')) => (&trimmed[..i], 1),
@@ -66,12 +72,25 @@ mod tests {
         assert_eq!(text("1h"), Ok(3_600));
         assert_eq!(text("1d"), Ok(86_400));
         assert_eq!(text("90"), Ok(90));
-        assert_eq!(parse_window(&WindowFile::Seconds(45)).map(|d| d.as_secs()), Ok(45));
+        assert_eq!(
+            parse_window(&WindowFile::Seconds(45)).map(|d| d.as_secs()),
+            Ok(45)
+        );
     }
 
     #[test]
     fn bad_windows_are_refused() {
-        for bad in ["", "m", "0m", "1x", "-1m", "1.5h", "h1", "99999999999999999999d", "400d"] {
+        for bad in [
+            "",
+            "m",
+            "0m",
+            "1x",
+            "-1m",
+            "1.5h",
+            "h1",
+            "99999999999999999999d",
+            "400d",
+        ] {
             assert!(text(bad).is_err(), "{bad:?} was accepted");
         }
         assert!(parse_window(&WindowFile::Seconds(0)).is_err());

@@ -34,18 +34,31 @@ impl Limiter {
             Backend::Memory => None,
             Backend::Redis { url } => RedisLimiter::new(url, metrics).ok(),
         };
-        Limiter { memory: MemoryLimiter::new(MonotonicClock::new()), redis }
+        Limiter {
+            memory: MemoryLimiter::new(MonotonicClock::new()),
+            redis,
+        }
     }
 
     /// Checks and charges every limit of `key_id` in one step.
-    pub async fn check(&self, key_id: &str, limits: &[LimitSpec], settings: &LimiterSettings) -> Verdict {
+    pub async fn check(
+        &self,
+        key_id: &str,
+        limits: &[LimitSpec],
+        settings: &LimiterSettings,
+    ) -> Verdict {
         let Some(redis) = &self.redis else {
             return Verdict::Decided(self.memory.check_and_charge(key_id, limits));
         };
-        match redis.check_and_charge(key_id, limits, settings.timeout).await {
+        match redis
+            .check_and_charge(key_id, limits, settings.timeout)
+            .await
+        {
             Ok(decision) => Verdict::Decided(decision),
             Err(_) => match settings.on_backend_error {
-                OnBackendError::Local => Verdict::Decided(self.memory.check_and_charge(key_id, limits)),
+                OnBackendError::Local => {
+                    Verdict::Decided(self.memory.check_and_charge(key_id, limits))
+                }
                 OnBackendError::Allow => Verdict::AdmittedUnchecked,
                 OnBackendError::Deny => Verdict::Unavailable,
             },

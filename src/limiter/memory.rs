@@ -210,12 +210,13 @@ mod tests {
             assert_eq!(d.statuses()[1].remaining, 29 - i as u32);
         }
         let d = at(&lim, 10, "k", &free());
-        // Bucket [0, 1 s) leaves the span when bucket 61 starts.
-        assert_eq!(refusal(&d), (0, 61_000 - 10));
+        // The newest counted request (at 4 ms) leaves the window at 60_004 ms, and with it
+        // every older one: the wait is at most one window, never 61 s for a minute.
+        assert_eq!(refusal(&d), (0, 60_004 - 10));
         assert_eq!(d.statuses()[1].remaining, 25);
-        let retry_secs = retry_after_secs(61_000 - 10);
-        assert_eq!(retry_secs, 61);
-        assert!(!at(&lim, 60_999, "k", &free()).is_admitted());
+        let retry_secs = retry_after_secs(60_004 - 10);
+        assert_eq!(retry_secs, 60);
+        assert!(!at(&lim, 60_003, "k", &free()).is_admitted());
         let d = at(&lim, 10 + retry_secs * 1_000, "k", &free());
         assert_eq!(d.statuses()[0].remaining, 4);
     }
@@ -283,8 +284,8 @@ mod tests {
         let lim = setup();
         assert!(at(&lim, 0, "k", &specs).is_admitted());
         let d = at(&lim, 1, "k", &specs);
-        assert_eq!(refusal(&d), (1, 61 * MINUTE_MS - 1));
-        assert_eq!(d.statuses()[0].wait_ms, 61_000 - 1);
+        assert_eq!(refusal(&d), (1, HOUR_MS - 1));
+        assert_eq!(d.statuses()[0].wait_ms, MINUTE_MS - 1);
         assert_eq!(
             d.statuses()[2],
             LimitStatus {
@@ -339,13 +340,13 @@ mod tests {
         // Shorter window: all 5 stay counted for a whole new window.
         let ten_secs = [LimitSpec::new("m", 5, 10_000)];
         let d = at(&lim, 45_000, "k", &ten_secs);
-        assert_eq!(refusal(&d), (0, 10_125));
-        assert!(!at(&lim, 55_124, "k", &ten_secs).is_admitted());
-        assert!(at(&lim, 55_125, "k", &ten_secs).is_admitted());
+        assert_eq!(refusal(&d), (0, 10_000));
+        assert!(!at(&lim, 54_999, "k", &ten_secs).is_admitted());
+        assert!(at(&lim, 55_000, "k", &ten_secs).is_admitted());
         // Longer window: what the short window counts is carried over.
         let hour = [LimitSpec::new("m", 2, HOUR_MS)];
-        assert!(at(&lim, 55_126, "k", &hour).is_admitted());
-        assert!(!at(&lim, 55_127, "k", &hour).is_admitted());
+        assert!(at(&lim, 55_001, "k", &hour).is_admitted());
+        assert!(!at(&lim, 55_002, "k", &hour).is_admitted());
     }
 
     #[test]
@@ -362,10 +363,10 @@ mod tests {
     fn sweep_drops_only_empty_keys() {
         let lim = setup();
         assert!(at(&lim, 0, "old", &free()).is_admitted());
-        assert!(at(&lim, HOUR_MS, "new", &free()).is_admitted());
-        // "old" is past its hour but its bucket is still counted.
+        assert!(at(&lim, HOUR_MS - 1, "new", &free()).is_admitted());
+        // "old" is still inside its hour window.
         assert_eq!(lim.sweep(), 0);
-        lim.clock().set_ms(HOUR_MS + MINUTE_MS);
+        lim.clock().set_ms(HOUR_MS);
         assert_eq!(lim.sweep(), 1);
         assert_eq!(lim.key_count(), 1);
         // "new" kept its history: 1 of 5 used this minute.

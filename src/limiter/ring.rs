@@ -31,6 +31,10 @@ pub(crate) struct Ring {
     head: u64,
     /// Sum of all slots, which equals the count at any time in bucket `head`.
     total_count: u32,
+    /// Time of the newest charge. Every counted request happened at or before it, so all
+    /// have left the window by `last_charge_ms + window_ms`: this caps every wait at one
+    /// window (a minute limit never answers `Retry-After: 61`).
+    last_charge_ms: u64,
     /// `B + 1` slots; slot `i % (B + 1)` holds absolute bucket `i`.
     counts: Box<[u16]>,
 }
@@ -59,6 +63,7 @@ impl Ring {
             bucket_ms,
             head: now_ms / bucket_ms,
             total_count: 0,
+            last_charge_ms: now_ms,
             counts: vec![0; slots].into_boxed_slice(),
         }
     }
@@ -83,6 +88,11 @@ impl Ring {
     /// older than `head` is treated as `head`: charging a later bucket only
     /// keeps a request counted longer, so it stays conservative.
     fn advance(&mut self, now_ms: u64) {
+        if self.total_count > 0 && now_ms >= self.last_charge_ms.saturating_add(self.window_ms) {
+            // The newest request has left the window, so every older one has too.
+            self.counts.fill(0);
+            self.total_count = 0;
+        }
         if now_ms < (self.head + 1).saturating_mul(self.bucket_ms) {
             return;
         }
@@ -121,6 +131,7 @@ impl Ring {
             self.counts[slot] += 1;
             self.total_count += 1;
         }
+        self.last_charge_ms = self.last_charge_ms.max(now_ms);
     }
 
     /// True when nothing is counted any more: dropping the ring then cannot
@@ -146,15 +157,21 @@ impl Ring {
             return self.window_ms.max(1);
         }
         let must_free = count - (max - 1);
+        let all_expire_at_ms = self.last_charge_ms.saturating_add(self.window_ms);
         let mut freed = 0;
         for j in 1..=self.slots() {
             // Bucket k - B + j - 1 lives in the same slot as k + j (B + 1 slots).
             freed += u32::from(self.counts[self.slot(self.head + j)]);
             if freed >= must_free {
-                return ((self.head + j) * self.bucket_ms).saturating_sub(now_ms);
+                let bucket_frees_at_ms = (self.head + j) * self.bucket_ms;
+                return bucket_frees_at_ms
+                    .min(all_expire_at_ms)
+                    .saturating_sub(now_ms);
             }
         }
-        unreachable!("all slots together hold the whole count")
+        // All slots together hold the whole count, so the loop has returned; if not, the
+        // newest request's expiry is still a truthful answer.
+        all_expire_at_ms.saturating_sub(now_ms)
     }
 
     /// Moves the ring to a new window, as a config reload that changes
@@ -169,6 +186,7 @@ impl Ring {
         let folded = u16::try_from(counted).unwrap_or(u16::MAX);
         ring.counts[slot] = folded;
         ring.total_count = u32::from(folded);
+        ring.last_charge_ms = now_ms.max(self.last_charge_ms);
         *self = ring;
     }
 }
@@ -193,12 +211,14 @@ mod tests {
     fn counts_oldest_bucket_in_full() {
         let mut ring = Ring::new(MINUTE_MS, 0);
         ring.charge(500);
-        // At 60_499 the request at 500 is still inside (t - W, t] and counted.
-        assert_eq!(ring.count(60_499), 1);
-        // At 60_500 it has left the window, but its bucket [0, 1000) is still
-        // the oldest counted one: refused early by at most one bucket.
-        assert_eq!(ring.count(60_999), 1);
-        assert_eq!(ring.count(61_000), 0);
+        ring.charge(900);
+        // At 60_499 both requests are inside (t - W, t] and counted.
+        assert_eq!(ring.count(60_499), 2);
+        // At 60_600 the one at 500 has left the window, but its bucket [0, 1000) also holds
+        // the one at 900 and is counted in full: refused early by at most one bucket.
+        assert_eq!(ring.count(60_600), 2);
+        // Once the newest request has left, nothing is counted.
+        assert_eq!(ring.count(60_900), 0);
     }
 
     #[test]
@@ -210,8 +230,9 @@ mod tests {
         assert_eq!(ring.wait_ms(10_000, 4), 0);
         // max 3: one must go; bucket 0 leaves when bucket 61 starts.
         assert_eq!(ring.wait_ms(10_000, 3), 61_000 - 10_000);
-        // max 2: two must go; bucket 5 (two requests) leaves at bucket 66.
-        assert_eq!(ring.wait_ms(10_000, 2), 66_000 - 10_000);
+        // max 2: two must go; bucket 5 (two requests) would leave at bucket 66, but its
+        // newest request, the newest of all, leaves the window earlier, at 65_200.
+        assert_eq!(ring.wait_ms(10_000, 2), 65_200 - 10_000);
         assert_eq!(ring.remaining(10_000, 2), 0);
         assert_eq!(ring.remaining(10_000, 5), 2);
         assert_eq!(ring.wait_ms(66_000, 2), 0);
@@ -222,7 +243,8 @@ mod tests {
     fn stale_slots_are_cleared_after_long_idle() {
         let mut ring = Ring::new(MINUTE_MS, 0);
         ring.charge(0);
-        assert!(!ring.is_empty(60_999));
+        assert!(!ring.is_empty(59_999));
+        assert!(ring.is_empty(60_000));
         assert!(ring.is_empty(10 * MINUTE_MS));
         ring.charge(10 * MINUTE_MS);
         assert_eq!(ring.count(10 * MINUTE_MS + 1), 1);
@@ -232,8 +254,9 @@ mod tests {
     fn backwards_clock_charges_the_newest_bucket() {
         let mut ring = Ring::new(MINUTE_MS, 5_000);
         ring.charge(4_000);
-        assert_eq!(ring.count(65_999), 1);
-        assert_eq!(ring.count(66_000), 0);
+        // Counted in bucket 5 from the ring's own start at 5_000: conservative.
+        assert_eq!(ring.count(64_999), 1);
+        assert_eq!(ring.count(65_000), 0);
     }
 
     #[test]
@@ -245,9 +268,9 @@ mod tests {
         ring.rebucket(10_000, 50_000);
         assert_eq!(ring.window_ms(), 10_000);
         assert_eq!(ring.count(50_000), 3);
-        // Folded into the bucket [50_000, 50_125) of the new ring (80 buckets
-        // of 125 ms): gone one new window plus one bucket later.
-        assert_eq!(ring.count(60_124), 3);
-        assert_eq!(ring.count(60_125), 0);
+        // Folded into the current bucket of the new ring, as if all three had just
+        // happened: gone one new window later.
+        assert_eq!(ring.count(59_999), 3);
+        assert_eq!(ring.count(60_000), 0);
     }
 }

@@ -34,7 +34,11 @@ pub struct Seen {
 
 impl Seen {
     pub fn header(&self, name: &str) -> Vec<&str> {
-        self.headers.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
+        self.headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 }
 
@@ -60,15 +64,23 @@ impl Upstream {
                 .build()
                 .expect("upstream runtime");
             runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
-                addr_tx.send(listener.local_addr().expect("addr")).expect("send addr");
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind upstream");
+                addr_tx
+                    .send(listener.local_addr().expect("addr"))
+                    .expect("send addr");
                 let accept = async {
                     loop {
-                        let Ok((stream, _)) = listener.accept().await else { continue };
+                        let Ok((stream, _)) = listener.accept().await else {
+                            continue;
+                        };
                         let seen = seen2.clone();
                         tokio::spawn(async move {
                             let svc = service_fn(move |req| handle(req, seen.clone()));
-                            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .await;
                         });
                     }
                 };
@@ -80,11 +92,20 @@ impl Upstream {
             runtime.shutdown_background();
         });
         let addr = addr_rx.recv().expect("upstream address");
-        Upstream { addr, seen, stop: Some(stop_tx) }
+        Upstream {
+            addr,
+            seen,
+            stop: Some(stop_tx),
+        }
     }
 
     pub fn count(&self, method: &str, path: &str) -> usize {
-        self.seen.lock().expect("lock").iter().filter(|s| s.method == method && s.path == path).count()
+        self.seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|s| s.method == method && s.path == path)
+            .count()
     }
 
     pub fn total(&self) -> usize {
@@ -104,24 +125,51 @@ impl Drop for Upstream {
     }
 }
 
-async fn handle(req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let headers = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    seen.lock().expect("lock").push(Seen { method: method.clone(), path: path.clone(), headers, body_len: body.len() });
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    seen.lock().expect("lock").push(Seen {
+        method: method.clone(),
+        path: path.clone(),
+        headers,
+        body_len: body.len(),
+    });
     if let Some(ms) = path.strip_prefix("/slow/").and_then(|v| v.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    let out = match path.strip_prefix("/big/").and_then(|v| v.parse::<usize>().ok()) {
+    let out = match path
+        .strip_prefix("/big/")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
         Some(n) => Bytes::from(vec![b'x'; n]),
-        None => Bytes::from(format!("{{\"ok\":true,\"method\":\"{method}\",\"path\":\"{path}\"}}")),
+        None => Bytes::from(format!(
+            "{{\"ok\":true,\"method\":\"{method}\",\"path\":\"{path}\"}}"
+        )),
     };
-    let status = if method == "POST" && path.starts_with("/api/v1/agents") { 201 } else { 200 };
+    let status = if method == "POST" && path.starts_with("/api/v1/agents") {
+        201
+    } else {
+        200
+    };
     let resp = Response::builder()
         .status(status)
         .header("Content-Type", "application/json")
@@ -132,7 +180,11 @@ async fn handle(req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Result<R
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 pub fn sha256_hex(token: &str) -> String {
@@ -141,7 +193,18 @@ pub fn sha256_hex(token: &str) -> String {
 
 /// The Jettson plans with three keys (free a, free b, pro) plus `extra_server` lines.
 pub fn jettson_config(port: u16, admin: u16, upstream: SocketAddr, extra_server: &str) -> String {
-    jettson_config_with(port, admin, upstream, extra_server, 5, &[("key_free_a", FREE, "free"), ("key_free_b", FREE2, "free"), ("key_pro", PRO, "pro")])
+    jettson_config_with(
+        port,
+        admin,
+        upstream,
+        extra_server,
+        5,
+        &[
+            ("key_free_a", FREE, "free"),
+            ("key_free_b", FREE2, "free"),
+            ("key_pro", PRO, "pro"),
+        ],
+    )
 }
 
 pub fn jettson_config_with(
@@ -184,7 +247,10 @@ limits = [
 "#
     );
     for (id, token, plan) in keys {
-        out.push_str(&format!("\n[[keys]]\nid = \"{id}\"\nsha256 = \"{}\"\nplan = \"{plan}\"\n", sha256_hex(token)));
+        out.push_str(&format!(
+            "\n[[keys]]\nid = \"{id}\"\nsha256 = \"{}\"\nplan = \"{plan}\"\n",
+            sha256_hex(token)
+        ));
     }
     out
 }
@@ -210,7 +276,8 @@ impl Gateway {
     pub fn start_with_env(config: impl Fn(u16, u16) -> String, env: &[(&str, &str)]) -> Self {
         let (port, admin) = (free_port(), free_port());
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("termsgate.toml"), config(port, admin)).expect("write config");
+        std::fs::write(dir.path().join("termsgate.toml"), config(port, admin))
+            .expect("write config");
         let mut cmd = Command::new(binary());
         cmd.arg("run")
             .arg("-c")
@@ -223,7 +290,12 @@ impl Gateway {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn termsgate");
-        let mut gw = Gateway { port, admin, dir, child };
+        let mut gw = Gateway {
+            port,
+            admin,
+            dir,
+            child,
+        };
         gw.wait_ready();
         gw
     }
@@ -260,7 +332,11 @@ impl Gateway {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().expect("kill");
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
         assert!(ok.success());
     }
 
@@ -339,7 +415,10 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         if metric_name != name {
             continue;
         }
-        if labels.iter().all(|(k, v)| label_text.split(',').any(|kv| kv == format!("{k}=\"{v}\""))) {
+        if labels
+            .iter()
+            .all(|(k, v)| label_text.split(',').any(|kv| kv == format!("{k}=\"{v}\"")))
+        {
             *total.get_or_insert(0.0) += value.parse::<f64>().ok()?;
         }
     }
@@ -366,11 +445,18 @@ mod raw_http {
         let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}")))?;
         let mut s = TcpStream::connect(host).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
         let mut out = String::new();
         s.read_to_string(&mut out).ok()?;
         let status = out.split_whitespace().nth(1)?.parse().ok()?;
-        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         Some((status, body))
     }
 
@@ -385,7 +471,10 @@ mod raw_http {
 
 /// An async client that never reuses pooled connections across tests.
 pub fn client() -> ::reqwest::Client {
-    ::reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client")
+    ::reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
 }
 
 pub async fn spawn(client: &::reqwest::Client, gw: &Gateway, token: &str) -> ::reqwest::Response {
