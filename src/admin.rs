@@ -101,13 +101,20 @@ mod tests {
 
     #[test]
     fn ready_only_once_the_public_listener_accepts_and_not_while_draining() {
-        let addr = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port");
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
         let text = format!(
             "[server]\nlisten = \"{addr}\"\nupstream = \"127.0.0.1:9\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n"
         );
-        let config = crate::config::load_str(&text, std::path::Path::new("t.toml")).expect("config");
+        let config =
+            crate::config::load_str(&text, std::path::Path::new("t.toml")).expect("config");
         let metrics = Arc::new(Metrics::new());
-        let log = AccessLog::start(Box::new(std::io::sink()), 16, metrics.access_log_dropped.clone());
+        let log = AccessLog::start(
+            Box::new(std::io::sink()),
+            16,
+            metrics.access_log_dropped.clone(),
+        );
         let shared = Shared::new(config, metrics, log);
         let app = AdminApp::new(shared.clone(), vec![addr]);
         assert!(!app.ready(), "ready before the public listener is up");

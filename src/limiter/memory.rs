@@ -389,6 +389,40 @@ mod tests {
     }
 
     #[test]
+    fn a_key_moved_to_another_plan_keeps_the_history_of_shared_limit_names() {
+        let lim = setup();
+        for t in 0..5 {
+            assert!(at(&lim, t, "k", &free()).is_admitted());
+        }
+        assert!(!at(&lim, 10, "k", &free()).is_admitted());
+        // Moved to "pro": same limit names, larger max, plus a limit free did not have.
+        let pro = [
+            LimitSpec::new("per_minute", 30, MINUTE_MS),
+            LimitSpec::new("per_hour", 500, HOUR_MS),
+            LimitSpec::new("per_day", 1_000, 24 * HOUR_MS),
+        ];
+        let d = at(&lim, 20, "k", &pro);
+        assert!(d.is_admitted());
+        assert_eq!(
+            d.statuses()[0].remaining,
+            24,
+            "the minute history came along"
+        );
+        assert_eq!(
+            d.statuses()[1].remaining,
+            494,
+            "the hour history came along"
+        );
+        assert_eq!(d.statuses()[2].remaining, 999, "a new limit starts empty");
+        // A reload drops the limits the key's new plan no longer has.
+        lim.retain(|_, limit| limit != "per_day");
+        // Back on free, its 6 spawns this minute are over free's 5: refused, charged nothing.
+        let d = at(&lim, 30, "k", &free());
+        assert!(!d.is_admitted());
+        assert_eq!(d.statuses()[1].remaining, 24);
+    }
+
+    #[test]
     fn threads_on_one_key_admit_exactly_max() {
         let lim = setup();
         let specs = [

@@ -215,11 +215,12 @@ pub fn jettson_config_with(
     free_per_minute: u32,
     keys: &[(&str, &str, &str)],
 ) -> String {
+    let watch = if extra_server.contains("watch") { "" } else { "watch = false" };
     let mut out = format!(
         r#"[server]
 listen = "127.0.0.1:{port}"
 upstream = "{upstream}"
-watch = false
+{watch}
 drain_timeout_s = 5
 {extra_server}
 
