@@ -9,16 +9,26 @@
 //!
 //! The "2 threads" cases run the calls split over two scoped threads and
 //! report wall time divided by the total number of calls (inverse throughput).
+//!
+//! The `redis_check_and_charge` group runs the Redis backend against a loopback
+//! `redis-server` the bench starts itself (skipped, with a note, without one):
+//! one check at a time (a round trip each), 16 in flight on the shared
+//! connection (inverse throughput), and a refusal answered by the local cache.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::{HashMap, VecDeque};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
+use termsgate::limiter::redis::RedisLimiter;
 use termsgate::limiter::{Clock, FakeClock, LimitSpec, MemoryLimiter};
+use termsgate::metrics::Metrics;
+
+#[path = "../tests/common/redis.rs"]
+mod redis_server;
 
 /// Counts live heap bytes while `COUNTING` is on. Off during timing, so the
 /// two threads do not contend on the counter.
@@ -243,9 +253,106 @@ fn print_bytes_per_scale_key() {
     black_box(&limiter);
 }
 
+/// Checks against a loopback Redis, through the production path (Redis's `TIME`). Keys
+/// cycle over 10,000 so that no key reaches its limits: the checks measured are admissions.
+fn bench_redis(c: &mut Criterion) {
+    const KEYS: usize = 10_000;
+    const IN_FLIGHT: u64 = 16;
+    const TIMEOUT: Duration = Duration::from_secs(5);
+    if !redis_server::available() {
+        println!(
+            "redis-server not found: skipping the Redis benches (apt-get install redis-server)"
+        );
+        return;
+    }
+    let server = redis_server::RedisServer::start();
+    let limiter = Arc::new(
+        RedisLimiter::new(&server.url(), Arc::new(Metrics::new())).expect("a valid redis url"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !limiter.is_connected() {
+        assert!(
+            Instant::now() < deadline,
+            "no connection to the bench's redis-server"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("bench runtime");
+    let keys = Arc::new(key_ids(KEYS));
+    let specs = Arc::new(bench_specs());
+    // Loads the script, so that no measured call pays for it.
+    let warm = runtime.block_on(limiter.check_and_charge(&keys[0], &specs, TIMEOUT));
+    assert!(
+        warm.is_ok_and(|d| d.is_admitted()),
+        "the bench must measure admissions"
+    );
+
+    let mut group = c.benchmark_group("redis_check_and_charge");
+    group.sample_size(20);
+    group.bench_function("1_in_flight", |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                for i in 0..iters {
+                    let key = &keys[i as usize % KEYS];
+                    let decision = limiter.check_and_charge(key, &specs, TIMEOUT).await;
+                    black_box(decision.expect("redis answers"));
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.bench_function(format!("{IN_FLIGHT}_in_flight"), |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                let mut tasks = tokio::task::JoinSet::new();
+                for task in 0..IN_FLIGHT {
+                    let (limiter, keys, specs) = (limiter.clone(), keys.clone(), specs.clone());
+                    tasks.spawn(async move {
+                        for i in (task..iters).step_by(IN_FLIGHT as usize) {
+                            let key = &keys[i as usize % KEYS];
+                            let decision = limiter.check_and_charge(key, &specs, TIMEOUT).await;
+                            black_box(decision.expect("redis answers"));
+                        }
+                    });
+                }
+                while let Some(done) = tasks.join_next().await {
+                    done.expect("bench task");
+                }
+                start.elapsed()
+            })
+        })
+    });
+    let one = [LimitSpec::new("one", 1, 3_600_000)];
+    runtime.block_on(async {
+        for _ in 0..2 {
+            let _ = limiter.check_and_charge("refused", &one, TIMEOUT).await;
+        }
+    });
+    group.bench_function("cached_refusal", |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let decision = limiter.check_and_charge("refused", &one, TIMEOUT).await;
+                    assert!(!decision.expect("cached").is_admitted());
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.finish();
+}
+
 fn main() {
     print_bytes_per_scale_key();
     let mut c = Criterion::default().configure_from_args();
+    bench_redis(&mut c);
     let one = key_ids(1);
     let many = key_ids(MANY_KEYS);
     bench_case(&mut c, "ring", &populated_ring(&one), &one);

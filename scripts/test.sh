@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, unit + property + end-to-end tests
+# (real gateway, real upstream, real redis-server on loopback), then the black-box conformance
+# check of ../shared/conformance when it is present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/deps.sh --test
+
+cargo fmt --check
+cargo clippy --all-targets -- -D warnings
+cargo test 2>&1 | tee /tmp/termsgate-test.log
+# `tee` hides cargo's exit status from `set -e`; PIPESTATUS keeps it.
+status=${PIPESTATUS[0]}
+[ "$status" -eq 0 ] || exit "$status"
+
+conformance=../shared/conformance/run.py
+if [ -f "$conformance" ]; then
+  python3 "$conformance" --bin target/debug/termsgate
+fi
