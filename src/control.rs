@@ -44,15 +44,18 @@ pub fn start(
                 }
             };
             rt.block_on(async move {
-                let hup = match signal(SignalKind::hangup()) {
-                    Ok(s) => s,
-                    Err(e) => {
+                let signals = match (
+                    signal(SignalKind::hangup()),
+                    signal(SignalKind::interrupt()),
+                ) {
+                    (Ok(hup), Ok(int)) => Signals { hup, int },
+                    (Err(e), _) | (_, Err(e)) => {
                         let _ = ready_tx.send(Err(e));
                         return;
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                control_loop(shared, config_path, hup, phases).await;
+                control_loop(shared, config_path, signals, phases).await;
             });
         })?;
     ready_rx
@@ -60,10 +63,16 @@ pub fn start(
         .map_err(|_| std::io::Error::other("control thread died at start"))?
 }
 
+/// The signals the control thread handles itself.
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
 async fn control_loop(
     shared: Arc<Shared>,
     config_path: Option<PathBuf>,
-    mut hup: tokio::signal::unix::Signal,
+    mut signals: Signals,
     mut phases: broadcast::Receiver<ExecutionPhase>,
 ) {
     let reloader = config_path.map(|p| Reloader::new(shared.clone(), p));
@@ -74,7 +83,13 @@ async fn control_loop(
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     loop {
         tokio::select! {
-            _ = hup.recv() => match &reloader {
+            _ = signals.int.recv() => {
+                // Pingora's own fast shutdown can spin in its accept loops instead of exiting;
+                // the contract says SIGINT exits at once, so do exactly that.
+                shared.access_log.drain(Duration::from_millis(200));
+                std::process::exit(0);
+            },
+            _ = signals.hup.recv() => match &reloader {
                 Some(r) => { reload(r, &mut watch, "SIGHUP"); }
                 None => tracing::info!("SIGHUP ignored: the demo config is built in"),
             },

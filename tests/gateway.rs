@@ -251,3 +251,25 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits() {
         .expect("exited after draining");
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test]
+async fn sigint_exits_at_once() {
+    let up = Upstream::start();
+    let mut gw = gateway(&up, "");
+    assert_eq!(
+        client()
+            .get(gw.url("/x"))
+            .bearer_auth(FREE)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    gw.signal("INT");
+    let status = gw
+        .wait_exit(Duration::from_secs(3))
+        .expect("exited at once");
+    assert!(status.success(), "{status}");
+    assert_eq!(gw.log_lines().len(), 1, "the access log was flushed");
+}

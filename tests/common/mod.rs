@@ -215,7 +215,11 @@ pub fn jettson_config_with(
     free_per_minute: u32,
     keys: &[(&str, &str, &str)],
 ) -> String {
-    let watch = if extra_server.contains("watch") { "" } else { "watch = false" };
+    let watch = if extra_server.contains("watch") {
+        ""
+    } else {
+        "watch = false"
+    };
     let mut out = format!(
         r#"[server]
 listen = "127.0.0.1:{port}"
