@@ -2,6 +2,7 @@
 # Installs what a fresh machine lacks to build and test termsgate (Debian packages):
 #   cmake         Pingora's zlib-ng (libz-ng-sys) is built with it
 #   redis-server  the Redis limiter tests start their own
+#   openssl       the TLS test offers a TLS 1.1 handshake with s_client
 # Nothing is installed when everything is already there.
 set -euo pipefail
 
@@ -9,6 +10,7 @@ need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 if [ "${1:-}" = "--test" ]; then
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+  command -v openssl >/dev/null 2>&1 || need+=(openssl)
 fi
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing: ${need[*]}" >&2

@@ -28,6 +28,12 @@ pub enum StartError {
     Control(#[from] std::io::Error),
 }
 
+/// Pingora's TLS settings without paths need a callbacks value; we need no callbacks.
+struct NoCallbacks;
+
+#[async_trait::async_trait]
+impl pingora::listeners::TlsAccept for NoCallbacks {}
+
 /// Worker threads: `TERMSGATE_THREADS`, else one per CPU.
 fn worker_threads() -> usize {
     std::env::var("TERMSGATE_THREADS")
@@ -64,7 +70,6 @@ pub fn run(
     let access_log = AccessLog::stdout(metrics.access_log_dropped.clone());
     let public_listen = config.server.listen.clone();
     let admin_listen = config.admin_listen;
-    let tls = config.server.tls.clone();
 
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
     let shared = Shared::new(config, metrics, access_log);
@@ -76,14 +81,12 @@ pub fn run(
     );
     for addr in &public_listen {
         let addr = addr.to_string();
-        match &tls {
+        match &shared.tls {
             None => proxy.add_tcp(&addr),
-            Some(files) => {
-                let settings = TlsSettings::intermediate(
-                    &files.cert.to_string_lossy(),
-                    &files.key.to_string_lossy(),
-                )
-                .map_err(|e| StartError::Tls(e.to_string()))?;
+            Some(store) => {
+                let mut settings = TlsSettings::with_callbacks(Box::new(NoCallbacks))
+                    .map_err(|e| StartError::Tls(e.to_string()))?;
+                settings.set_cert_resolver(store.clone());
                 proxy.add_tls_with_settings(&addr, None, settings);
             }
         }

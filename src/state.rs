@@ -11,6 +11,7 @@ use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::limiter::backend::Limiter;
 use crate::metrics::Metrics;
+use crate::tls::CertStore;
 
 /// Shared gateway state. One per process.
 pub struct Shared {
@@ -28,12 +29,19 @@ pub struct Shared {
     pub inflight: AtomicUsize,
     /// Set on SIGTERM: `/readyz` turns 503 so load balancers stop sending.
     pub draining: AtomicBool,
+    /// The certificate of the HTTPS listener, when there is one.
+    pub tls: Option<Arc<CertStore>>,
 }
 
 impl Shared {
     /// Builds the state around a first, already validated config.
     pub fn new(config: Config, metrics: Arc<Metrics>, access_log: AccessLog) -> Arc<Self> {
         let limiter = Limiter::from_settings(&config.limiter, metrics.clone());
+        let tls = config
+            .server
+            .tls
+            .as_ref()
+            .map(|t| Arc::new(CertStore::new(t.pair.clone())));
         Arc::new(Shared {
             config: ArcSwap::from_pointee(config),
             limiter,
@@ -42,6 +50,7 @@ impl Shared {
             access_log,
             inflight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            tls,
         })
     }
 

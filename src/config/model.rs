@@ -77,13 +77,16 @@ pub struct ServerSettings {
     pub max_body_bytes: u64,
 }
 
-/// Certificate and private key paths (PEM), resolved against the config directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Certificate and private key (PEM), resolved against the config directory, and the pair
+/// as loaded and checked when the config was validated.
+#[derive(Debug, Clone)]
 pub struct TlsFiles {
     /// Certificate chain.
     pub cert: PathBuf,
     /// Private key.
     pub key: PathBuf,
+    /// The loaded pair, ready to serve.
+    pub pair: Arc<pingora::tls::sign::CertifiedKey>,
 }
 
 /// How a route's path is compared.

@@ -36,6 +36,9 @@ impl Reloader {
                 let current = self.shared.config.load_full();
                 keep_restart_only_settings(&current, &mut next);
                 self.free_removed_state(&next);
+                if let (Some(store), Some(tls)) = (&self.shared.tls, &next.server.tls) {
+                    store.replace(tls.pair.clone());
+                }
                 self.shared.config.store(Arc::new(next));
                 self.shared.metrics.record_reload(true);
                 tracing::info!(trigger, path = %self.path.display(), "config reloaded");
@@ -76,8 +79,10 @@ fn keep_restart_only_settings(current: &Config, next: &mut Config) {
         needs_restart.push("admin.listen");
         next.admin_listen = current.admin_listen;
     }
-    if next.server.tls != current.server.tls {
-        needs_restart.push("server.tls_cert/tls_key");
+    // A new certificate pair is served live (see `Reloader::reload`); switching HTTPS on or off
+    // needs new listeners.
+    if next.server.tls.is_some() != current.server.tls.is_some() {
+        needs_restart.push("server.tls_cert/tls_key (HTTPS on or off)");
         next.server.tls = current.server.tls.clone();
     }
     if next.limiter.backend != current.limiter.backend {

@@ -141,9 +141,9 @@ fn tls_files(
         std::fs::metadata(path)
             .map_err(|e| invalid(format!("{field}: cannot read {}: {e}", path.display())))?;
     }
-    crate::tls::check_pair(&cert, &key)
+    let pair = crate::tls::load_pair(&cert, &key)
         .map_err(|e| invalid(format!("server.tls_cert/tls_key: {e}")))?;
-    Ok(Some(TlsFiles { cert, key }))
+    Ok(Some(TlsFiles { cert, key, pair }))
 }
 
 fn trusted_proxies(raw: &[String]) -> Result<Vec<IpNet>, ConfigError> {
