@@ -19,17 +19,26 @@ pub const MAX_TRACKED_IPS: usize = 200_000;
 const WINDOW: Duration = Duration::from_secs(60);
 
 /// Failed-authentication windows per client IP, plus the IPs currently blocked.
-pub struct AbuseGuard {
-    failures: MemoryLimiter<MonotonicClock>,
+pub struct AbuseGuard<C: Clock = MonotonicClock> {
+    failures: MemoryLimiter<C>,
     blocked_until_ms: DashMap<IpAddr, u64, ahash::RandomState>,
+    max_tracked_ips: usize,
 }
 
 impl AbuseGuard {
-    /// An empty guard.
+    /// An empty guard on the process clock.
     pub fn new() -> Self {
+        Self::with_clock(MonotonicClock::new(), MAX_TRACKED_IPS)
+    }
+}
+
+impl<C: Clock> AbuseGuard<C> {
+    /// An empty guard on `clock`, tracking at most `max_tracked_ips` addresses.
+    pub fn with_clock(clock: C, max_tracked_ips: usize) -> Self {
         AbuseGuard {
-            failures: MemoryLimiter::new(MonotonicClock::new()),
+            failures: MemoryLimiter::new(clock),
             blocked_until_ms: DashMap::with_hasher(ahash::RandomState::new()),
+            max_tracked_ips,
         }
     }
 
@@ -42,7 +51,7 @@ impl AbuseGuard {
 
     /// Counts one failed authentication from `ip`; past `max` per minute the IP is blocked.
     pub fn record_failure(&self, ip: IpAddr, max_per_minute: u32) {
-        if self.failures.key_count() >= MAX_TRACKED_IPS {
+        if self.failures.key_count() >= self.max_tracked_ips {
             return;
         }
         let spec = [LimitSpec {
@@ -75,5 +84,46 @@ impl AbuseGuard {
 impl Default for AbuseGuard {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limiter::FakeClock;
+
+    fn ip(n: u32) -> IpAddr {
+        IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n))
+    }
+
+    #[test]
+    fn an_ip_is_blocked_past_its_budget_until_its_window_has_room() {
+        let clock = FakeClock::new(0);
+        let guard = AbuseGuard::with_clock(clock.clone(), 100);
+        for _ in 0..4 {
+            assert_eq!(guard.blocked(ip(1)), None);
+            guard.record_failure(ip(1), 3);
+        }
+        assert_eq!(guard.blocked(ip(1)), Some(60));
+        assert_eq!(guard.blocked(ip(2)), None);
+        clock.advance_ms(59_999);
+        assert!(guard.blocked(ip(1)).is_some());
+        clock.advance_ms(1);
+        assert_eq!(guard.blocked(ip(1)), None);
+    }
+
+    #[test]
+    fn memory_stays_bounded_under_a_flood_from_many_addresses() {
+        let clock = FakeClock::new(0);
+        let guard = AbuseGuard::with_clock(clock.clone(), 1_000);
+        for n in 0..50_000 {
+            guard.record_failure(ip(n), 3);
+        }
+        assert_eq!(guard.tracked(), 1_000);
+        clock.advance_ms(60_000);
+        guard.sweep();
+        assert_eq!(guard.tracked(), 0, "idle addresses are freed");
+        guard.record_failure(ip(99_999), 3);
+        assert_eq!(guard.tracked(), 1);
     }
 }

@@ -27,6 +27,9 @@ pub async fn admit(
     ctx.client_ip = client_ip::resolve(peer, &req.headers, &ctx.config.server);
     ctx.route_mask = ctx.config.route_mask(&req.method, req.uri.path());
 
+    if header_bytes(req) > MAX_HEADER_BYTES {
+        return Err(GatewayError::HeadersTooLarge);
+    }
     if let Some(retry_after_secs) = ctx.client_ip.and_then(|ip| shared.abuse.blocked(ip)) {
         shared.metrics.abuse_blocked.inc();
         return Err(GatewayError::TooManyInvalidKeys { retry_after_secs });
@@ -48,6 +51,18 @@ pub async fn admit(
 
     check_body_size(req, ctx.config.server.max_body_bytes)?;
     apply_limits(shared, ctx, &key).await
+}
+
+/// Request line and headers larger than this get 431 (nginx's default buffers hold 8 KB; API
+/// clients send far less). Pingora itself refuses headers over 1 MiB with 400 before we see them.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Size of the request line and headers as sent, near enough.
+fn header_bytes(req: &pingora::http::RequestHeader) -> usize {
+    let line = req.method.as_str().len() + req.uri.to_string().len() + 12;
+    req.headers
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
 fn check_body_size(

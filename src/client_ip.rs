@@ -40,3 +40,63 @@ pub fn resolve(
     }
     Some(client)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn server(trusted: &str) -> ServerSettings {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:1\"\nupstream = \"127.0.0.1:2\"\ntrusted_proxies = [{trusted}]\n\n[admin]\nlisten = \"127.0.0.1:3\"\n"
+        );
+        crate::config::load_str(&text, Path::new("t.toml"))
+            .expect("config")
+            .server
+    }
+
+    fn xff(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", value.parse().expect("header"));
+        h
+    }
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().expect("ip"))
+    }
+
+    #[test]
+    fn without_trusted_proxies_the_peer_is_the_client() {
+        assert_eq!(
+            resolve(ip("10.1.1.1"), &xff("1.2.3.4"), &server("")),
+            ip("10.1.1.1")
+        );
+    }
+
+    #[test]
+    fn an_untrusted_peer_cannot_choose_its_ip() {
+        let s = server("\"10.0.0.0/8\"");
+        assert_eq!(
+            resolve(ip("192.0.2.7"), &xff("1.2.3.4"), &s),
+            ip("192.0.2.7")
+        );
+    }
+
+    #[test]
+    fn the_rightmost_untrusted_hop_counts() {
+        let s = server("\"10.0.0.0/8\", \"192.168.1.1\"");
+        // The client wrote "6.6.6.6" itself; the proxies appended the real hops on the right.
+        let h = xff("6.6.6.6, 203.0.113.9, 10.2.3.4");
+        assert_eq!(resolve(ip("192.168.1.1"), &h, &s), ip("203.0.113.9"));
+        // Every hop trusted: the left-most one is the best we know.
+        assert_eq!(
+            resolve(ip("10.9.9.9"), &xff("10.1.1.1"), &s),
+            ip("10.1.1.1")
+        );
+        // A garbled hop stops the walk at the last good address.
+        assert_eq!(
+            resolve(ip("10.9.9.9"), &xff("1.1.1.1, garbage"), &s),
+            ip("10.9.9.9")
+        );
+    }
+}
