@@ -10,7 +10,7 @@ fn gateway_with_env(up_addr: std::net::SocketAddr, env: &[(&str, &str)]) -> Gate
     Gateway::start_with_env(move |p, a| jettson_config(p, a, up_addr, ""), env)
 }
 
-fn find<'a>(lines: &'a [serde_json::Value], status: u64) -> Vec<&'a serde_json::Value> {
+fn find(lines: &[serde_json::Value], status: u64) -> Vec<&serde_json::Value> {
     lines.iter().filter(|l| l["status"] == status).collect()
 }
 
