@@ -273,3 +273,25 @@ async fn sigint_exits_at_once() {
     assert!(status.success(), "{status}");
     assert_eq!(gw.log_lines().len(), 1, "the access log was flushed");
 }
+
+#[tokio::test]
+async fn an_upstream_that_answers_garbage_gives_500_internal_error() {
+    // A raw TCP "upstream" that reads the request and answers something that is not HTTP.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut conn in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(b"this is not HTTP at all\r\n\r\n");
+        }
+    });
+    let gw = Gateway::start(move |p, a| jettson_config(p, a, addr, ""));
+    let r = client().get(gw.url("/x")).bearer_auth(PRO).send().await.unwrap();
+    assert_eq!(r.status(), 500);
+    assert!(r.headers().contains_key("x-request-id"));
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "internal_error");
+    assert_eq!(metric(&gw.metrics(), "termsgate_upstream_errors_total", &[("kind", "other")]), Some(1.0));
+}
