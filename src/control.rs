@@ -5,7 +5,7 @@
 //! Pingora serves anything, so an early SIGHUP can never hit the default "terminate" action.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,7 +79,7 @@ async fn control_loop(
     let (fs_tx, mut fs_rx) = mpsc::unbounded_channel();
     let mut watch = reloader
         .as_ref()
-        .and_then(|r| FileWatch::start(&shared, r.path(), fs_tx));
+        .and_then(|_| FileWatch::start(&shared, fs_tx));
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     loop {
         tokio::select! {
@@ -150,7 +150,7 @@ struct FileWatch {
 }
 
 impl FileWatch {
-    fn start(shared: &Arc<Shared>, _config: &Path, tx: mpsc::UnboundedSender<()>) -> Option<Self> {
+    fn start(shared: &Arc<Shared>, tx: mpsc::UnboundedSender<()>) -> Option<Self> {
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             if event.is_ok() {
                 let _ = tx.send(());
