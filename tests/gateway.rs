@@ -288,10 +288,22 @@ async fn an_upstream_that_answers_garbage_gives_500_internal_error() {
         }
     });
     let gw = Gateway::start(move |p, a| jettson_config(p, a, addr, ""));
-    let r = client().get(gw.url("/x")).bearer_auth(PRO).send().await.unwrap();
+    let r = client()
+        .get(gw.url("/x"))
+        .bearer_auth(PRO)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 500);
     assert!(r.headers().contains_key("x-request-id"));
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "internal_error");
-    assert_eq!(metric(&gw.metrics(), "termsgate_upstream_errors_total", &[("kind", "other")]), Some(1.0));
+    assert_eq!(
+        metric(
+            &gw.metrics(),
+            "termsgate_upstream_errors_total",
+            &[("kind", "other")]
+        ),
+        Some(1.0)
+    );
 }
