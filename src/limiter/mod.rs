@@ -27,7 +27,10 @@
 //! 1 min for an hour, 24 min for a day), because that is all the span exceeds
 //! the window by. `Retry-After` is exact to one bucket: it is the start of the
 //! first bucket at which enough of the oldest buckets have left the span, so a
-//! retry at that time, with nothing admitted in between, is admitted.
+//! retry at that time, with nothing admitted in between, is admitted. Each ring
+//! also keeps the time of its newest charge: once that request has left the
+//! window every older one has too, so the ring empties then, and no wait is ever
+//! longer than one window (a minute limit never says `Retry-After: 61`).
 //! [`retry_after_secs`] rounds up, never down. These bounds assume a window
 //! of whole seconds (the config's unit); for other windows B is 60 with
 //! widths rounded up, which still never over-admits but may refuse up to
@@ -42,8 +45,8 @@
 //! **Memory.** Bytes per active key on 64-bit Linux with 20-byte key ids.
 //! Every plan below has two limits whose windows are whole minutes, hours or
 //! days, so each ring has 60 buckets and all plans cost the same. Per key:
-//! 2 × 122 B of `u16` counters, 2 × 64 B of ring headers (name, window,
-//! bucket width, head, total), 36 B for the shared key id, and about 58 B of
+//! 2 × 122 B of `u16` counters, 2 × 72 B of ring headers (name, window,
+//! bucket width, head, total, newest charge), 36 B for the shared key id, and about 58 B of
 //! hash-table slot (40 B entry at the map's load factor). Sizes come from
 //! `size_of` (test `memory::tests::prints_sizes`); the total was measured in
 //! `benches/limiter.rs` by counting allocator bytes, and the resident set,
