@@ -93,7 +93,7 @@ def collect(workdir):
 def access_log_info(workdir):
     """Lines the termsgate access log holds, and what its metrics say was dropped."""
     lines = 0
-    path = os.path.join(workdir, "termsgate-access.log")
+    path = os.path.join(workdir, "logs", "termsgate-access.log")
     if os.path.exists(path):
         with open(path, "rb") as f:
             lines = sum(1 for _ in f)
@@ -119,7 +119,7 @@ def bar_panel(x0, y0, w, title, rows, fmt):
     values = [v for _, bars in rows for v, _, _ in bars if v == v]
     vmax = max(values) if values else 1.0
     label_w, bar_h, gap = 95, 18, 10
-    span = w - label_w - 90
+    span = w - label_w - 120  # room for the value labels
     y = y0 + 16
     for label, bars in rows:
         out.append(

@@ -80,7 +80,9 @@ BARE_BIN=$ROOT/target/release/examples/passthrough
 # Scratch directory, processes and cleanup
 # ---------------------------------------------------------------------------------------------
 WORKDIR=$(mktemp -d /tmp/termsgate-load.XXXXXX)
-mkdir -p "$WORKDIR/tmp"
+# Logs go to their own subdirectory: termsgate watches its config's directory for changes, and
+# access-log writes next to the config would wake its file watcher on every write.
+mkdir -p "$WORKDIR/tmp" "$WORKDIR/logs"
 chmod 755 "$WORKDIR" # nginx workers run as nobody and must reach the temp dirs
 PIDS=()
 
@@ -90,7 +92,13 @@ cleanup() {
         # INT is a fast shutdown for nginx and for Pingora (whose TERM would drain first).
         kill -INT "$pid" 2>/dev/null || true
     done
+    # Give them 5 s to exit, then kill what is left, so cleanup can never hang.
+    local deadline=$((SECONDS + 5))
     for pid in "${PIDS[@]}"; do
+        while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
     if [ -n "$KEEP" ]; then
@@ -129,17 +137,21 @@ fill "$HERE/nginx-terms.conf.in" "$WORKDIR/nginx-terms.conf" "$TERMS_PORT"
 fill "$HERE/termsgate.toml.in" "$WORKDIR/termsgate.toml" "$GATE_PORT"
 
 log "starting upstream :$UPSTREAM_PORT, bare :$BARE_PORT, nginx-terms :$TERMS_PORT, termsgate :$GATE_PORT (workers: $WORKERS)"
-"$NGINX" -e "$WORKDIR/upstream-error.log" -p "$WORKDIR" -c "$WORKDIR/upstream.conf" &
+"$NGINX" -e "$WORKDIR/logs/upstream-error.log" -p "$WORKDIR" -c "$WORKDIR/upstream.conf" &
 PIDS+=($!)
-"$NGINX" -e "$WORKDIR/nginx-terms-error.log" -p "$WORKDIR" -c "$WORKDIR/nginx-terms.conf" &
+UPSTREAM_PID=$!
+"$NGINX" -e "$WORKDIR/logs/nginx-terms-error.log" -p "$WORKDIR" -c "$WORKDIR/nginx-terms.conf" &
 PIDS+=($!)
+declare -A PID=([nginx-terms]=$!)
 TERMSGATE_THREADS=$WORKERS "$BARE_BIN" "127.0.0.1:$BARE_PORT" "127.0.0.1:$UPSTREAM_PORT" \
-    2>"$WORKDIR/bare.err" &
+    2>"$WORKDIR/logs/bare.err" &
 PIDS+=($!)
+PID[bare]=$!
 # The access log is termsgate's stdout, redirected to a file.
 (cd "$WORKDIR" && TERMSGATE_THREADS=$WORKERS RUST_LOG=warn exec "$TERMSGATE_BIN" run -c termsgate.toml \
-    >"$WORKDIR/termsgate-access.log" 2>"$WORKDIR/termsgate.err") &
+    >"$WORKDIR/logs/termsgate-access.log" 2>"$WORKDIR/logs/termsgate.err") &
 PIDS+=($!)
+PID[termsgate]=$!
 
 # ---------------------------------------------------------------------------------------------
 # Checks: every target answers 200 with the key; the two gateways answer 401 without one.
@@ -152,21 +164,23 @@ status() {
 }
 url() { printf 'http://127.0.0.1:%s%s' "${PORT[$1]}" "$REQ_PATH"; }
 
+# wait_up NAME PID URL: waits until URL answers anything, failing early if PID has exited.
 wait_up() {
     local deadline=$((SECONDS + 20)) code
     while :; do
-        code=$(status "$1" -H "Authorization: Bearer $TOKEN")
+        code=$(status "$3" -H "Authorization: Bearer $TOKEN")
         [ "$code" != 000 ] && return
-        [ $SECONDS -ge $deadline ] && die "$1 does not answer (see $WORKDIR, KEEP=1 keeps it)"
+        kill -0 "$2" 2>/dev/null || die "$1 exited; its logs are in $WORKDIR (KEEP=1 keeps them)"
+        [ $SECONDS -ge $deadline ] && die "$1 does not answer on $3"
         sleep 0.2
     done
 }
 
-wait_up "http://127.0.0.1:$UPSTREAM_PORT$REQ_PATH"
+wait_up upstream "$UPSTREAM_PID" "http://127.0.0.1:$UPSTREAM_PORT$REQ_PATH"
 for t in "${TARGETS[@]}"; do
-    wait_up "$(url "$t")"
+    wait_up "$t" "${PID[$t]}" "$(url "$t")"
 done
-wait_up "http://127.0.0.1:$ADMIN_PORT/readyz"
+wait_up "termsgate admin" "${PID[termsgate]}" "http://127.0.0.1:$ADMIN_PORT/readyz"
 
 for t in "${TARGETS[@]}"; do
     code=$(status "$(url "$t")" -H "Authorization: Bearer $TOKEN")
