@@ -140,6 +140,21 @@ async fn drain_then_exit(shared: &Shared) -> ! {
     std::process::exit(0)
 }
 
+/// Whether a file event concerns the config file, `keys_file`, or a Kubernetes ConfigMap
+/// swap (`..data`): other files in the same directory (an access log, say) must not wake us.
+fn touches_config(shared: &Shared, event: &notify::Event) -> bool {
+    let config = shared.config.load();
+    let names: Vec<&std::ffi::OsStr> = std::iter::once(&config.sources.config_path)
+        .chain(config.sources.keys_path.as_ref())
+        .filter_map(|p| p.file_name())
+        .collect();
+    event
+        .paths
+        .iter()
+        .filter_map(|p| p.file_name())
+        .any(|name| names.contains(&name) || name.to_string_lossy().starts_with(".."))
+}
+
 /// Watches the directories of the config file and `keys_file` (not the files: editors that
 /// rename a new file over the old one, and Kubernetes' symlink swaps, replace the inode).
 struct FileWatch {
@@ -151,8 +166,9 @@ struct FileWatch {
 
 impl FileWatch {
     fn start(shared: &Arc<Shared>, tx: mpsc::UnboundedSender<()>) -> Option<Self> {
+        let watched = shared.clone();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
+            if event.is_ok_and(|e| touches_config(&watched, &e)) {
                 let _ = tx.send(());
             }
         });

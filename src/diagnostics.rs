@@ -22,4 +22,8 @@ pub fn init() {
         .with_filter(env)
         .with_filter(cap_third_party);
     let _ = tracing_subscriber::registry().with(layer).try_init();
+    // The cap above only filters records after they are built. Pingora logs through `log`,
+    // and every `debug!`/`trace!` of its request path would still be formatted and thrown
+    // away (2% of CPU under load): tell `log` itself that nothing below info is wanted.
+    log::set_max_level(log::LevelFilter::Info);
 }

@@ -9,9 +9,6 @@ use crate::config::ServerSettings;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
 
-/// How long an idle kept-alive upstream connection stays in the pool.
-const UPSTREAM_IDLE_SECS: u64 = 60;
-
 /// The upstream peer, with the current config's address and timeouts.
 pub fn peer(server: &ServerSettings) -> Box<HttpPeer> {
     let mut peer = HttpPeer::new(
@@ -24,7 +21,9 @@ pub fn peer(server: &ServerSettings) -> Box<HttpPeer> {
     peer.options.total_connection_timeout = timeout;
     peer.options.read_timeout = timeout;
     peer.options.write_timeout = timeout;
-    peer.options.idle_timeout = Some(std::time::Duration::from_secs(UPSTREAM_IDLE_SECS));
+    // No idle_timeout: with one, Pingora 0.9's pool often fails to take a connection back from
+    // its idle watcher and opens a new one (thousands of "failed to acquire reusable stream"
+    // under load). Idle connections are still closed when the upstream closes them.
     Box::new(peer)
 }
 
