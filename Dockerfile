@@ -14,8 +14,11 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
     && useradd --system --no-create-home --shell /usr/sbin/nologin termsgate
 COPY --from=build /src/target/release/termsgate /usr/local/bin/termsgate
 COPY conf/ /etc/termsgate/
-# In a container the listeners must face the network, not loopback.
-RUN sed -i 's/listen = "127.0.0.1:/listen = "0.0.0.0:/' /etc/termsgate/termsgate.toml
+# In a container the listeners must face the network, not loopback. The repository's example
+# key (its token is in a comment) must not be valid in an image: ship no keys at all.
+RUN sed -i 's/listen = "127.0.0.1:/listen = "0.0.0.0:/' /etc/termsgate/termsgate.toml \
+    && rm -f /etc/termsgate/calliope.toml \
+    && printf '# Mount your keys here: termsgate key new --plan free\n' > /etc/termsgate/keys.toml
 USER termsgate
 EXPOSE 8080 9090
 # Mount your own /etc/termsgate (a ConfigMap works: reload follows its symlink swaps).

@@ -12,6 +12,13 @@ if [ "${1:-}" = "--test" ]; then
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
   command -v openssl >/dev/null 2>&1 || need+=(openssl)
 fi
+# The test script runs rustfmt and clippy: make sure the toolchain has them.
+if [ "${1:-}" = "--test" ] && command -v rustup >/dev/null 2>&1; then
+  for component in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$component" \
+      || rustup component add "$component"
+  done
+fi
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   sudo=""

@@ -51,7 +51,10 @@ impl<C: Clock> AbuseGuard<C> {
 
     /// Counts one failed authentication from `ip`; past `max` per minute the IP is blocked.
     pub fn record_failure(&self, ip: IpAddr, max_per_minute: u32) {
-        if self.failures.key_count() >= self.max_tracked_ips {
+        let key = ip.to_string();
+        // When the table is full only new addresses go untracked: an address already counted
+        // must keep being counted, or filling the table would switch the guard off.
+        if self.failures.key_count() >= self.max_tracked_ips && !self.failures.contains_key(&key) {
             return;
         }
         let spec = [LimitSpec {
@@ -59,7 +62,6 @@ impl<C: Clock> AbuseGuard<C> {
             max: max_per_minute,
             window_ms: WINDOW.as_millis() as u64,
         }];
-        let key = ip.to_string();
         if let Decision::Refused { retry_after_ms, .. } =
             self.failures.check_and_charge(&key, &spec)
         {
@@ -120,6 +122,14 @@ mod tests {
             guard.record_failure(ip(n), 3);
         }
         assert_eq!(guard.tracked(), 1_000);
+        // A full table still counts an address it already tracks, up to a block.
+        for _ in 0..3 {
+            guard.record_failure(ip(7), 3);
+        }
+        assert!(
+            guard.blocked(ip(7)).is_some(),
+            "a full table switched the guard off"
+        );
         clock.advance_ms(60_000);
         guard.sweep();
         assert_eq!(guard.tracked(), 0, "idle addresses are freed");

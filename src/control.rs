@@ -109,7 +109,8 @@ async fn control_loop(
                 shared.metrics.limiter_keys.set(shared.limiter.memory().key_count() as i64);
             },
             phase = phases.recv() => match phase {
-                Ok(ExecutionPhase::GracefulTerminate) => drain_then_exit(&shared).await,
+                // A task of its own, so that this loop still answers SIGINT while draining.
+                Ok(ExecutionPhase::GracefulTerminate) => { tokio::spawn(drain_then_exit(shared.clone())); }
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
             },
@@ -127,7 +128,7 @@ fn reload(reloader: &Reloader, watch: &mut Option<FileWatch>, trigger: &str) {
 
 /// SIGTERM: Pingora has stopped accepting; exit as soon as the requests in flight are done
 /// (Pingora's own grace period, `drain_timeout_s`, is the upper bound).
-async fn drain_then_exit(shared: &Shared) -> ! {
+async fn drain_then_exit(shared: Arc<Shared>) {
     shared.draining.store(true, Ordering::Release);
     tracing::info!("SIGTERM: draining in-flight requests");
     // Connections accepted just before the signal need a moment to become requests.

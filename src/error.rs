@@ -179,7 +179,12 @@ impl RateLimitRefusal {
                 86_400 => "limitPerDay",
                 _ => continue,
             };
-            d.insert(field.into(), Value::from(*max));
+            // Two matched limits on the same window: the tighter one is the one that binds.
+            let tighter = d
+                .get(field)
+                .and_then(Value::as_u64)
+                .map_or(*max, |m| m.min(u64::from(*max)) as u32);
+            d.insert(field.into(), Value::from(tighter));
         }
         Value::Object(d)
     }
@@ -211,6 +216,20 @@ mod tests {
             header.headers.get("Retry-After").expect("retry-after"),
             "12"
         );
+    }
+
+    #[test]
+    fn limit_per_window_reports_the_tighter_of_two_limits() {
+        let err = GatewayError::RateLimited(Box::new(RateLimitRefusal {
+            plan: Arc::from("p"),
+            limit: Arc::from("spawns_per_minute"),
+            window_secs: 60,
+            retry_after_secs: 3,
+            matched: vec![(60, 100), (60, 5), (86_400, 10_000)],
+        }));
+        let body: Value = serde_json::from_slice(&err.body()).expect("json");
+        assert_eq!(body["error"]["details"]["limitPerMinute"], 5);
+        assert_eq!(body["error"]["details"]["limitPerDay"], 10_000);
     }
 
     #[test]

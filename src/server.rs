@@ -23,6 +23,14 @@ pub enum StartError {
     /// A TLS listener could not be set up.
     #[error("TLS: {0}")]
     Tls(String),
+    /// A listen address is taken or not ours to bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The control thread could not start.
     #[error("control thread: {0}")]
     Control(#[from] std::io::Error),
@@ -65,6 +73,13 @@ pub fn run(
     config_path: Option<PathBuf>,
     extra: Vec<Box<dyn ServiceWithDependents>>,
 ) -> Result<(), StartError> {
+    // Pingora would retry a taken port forever, logging once a second; fail at once instead.
+    for addr in config.server.listen.iter().chain([&config.admin_listen]) {
+        std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind {
+            addr: *addr,
+            source,
+        })?;
+    }
     let metrics = Arc::new(Metrics::new());
     metrics.record_reload_timestamp();
     let access_log = AccessLog::stdout(metrics.access_log_dropped.clone());

@@ -307,3 +307,42 @@ async fn an_upstream_that_answers_garbage_gives_500_internal_error() {
         Some(1.0)
     );
 }
+
+#[tokio::test]
+async fn sigint_exits_at_once_even_during_a_sigterm_drain() {
+    let up = Upstream::start();
+    let mut gw = gateway(&up, "");
+    let url = gw.url("/slow/5000");
+    let _inflight = tokio::spawn(async move { client().get(url).bearer_auth(FREE).send().await });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while up.total() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gw.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = Instant::now();
+    gw.signal("INT");
+    gw.wait_exit(Duration::from_secs(2))
+        .expect("SIGINT ended the drain at once");
+    assert!(asked.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn a_taken_listen_port_fails_start_up_with_one_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.toml");
+    let up = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+    std::fs::write(&path, jettson_config(port, free_port(), up, "")).unwrap();
+    let out = std::process::Command::new(binary())
+        .args(["run", "-c", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+}

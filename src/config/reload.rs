@@ -75,6 +75,11 @@ fn keep_restart_only_settings(current: &Config, next: &mut Config) {
         needs_restart.push("server.listen");
         next.server.listen = current.server.listen.clone();
     }
+    if next.server.drain_timeout != current.server.drain_timeout {
+        // Pingora takes its grace period once, when the server is built.
+        needs_restart.push("server.drain_timeout_s");
+        next.server.drain_timeout = current.server.drain_timeout;
+    }
     if next.admin_listen != current.admin_listen {
         needs_restart.push("admin.listen");
         next.admin_listen = current.admin_listen;

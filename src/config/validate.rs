@@ -340,8 +340,11 @@ fn limiter(raw: Option<LimiterFile>) -> Result<LimiterSettings, ConfigError> {
             let url = l
                 .redis_url
                 .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
-            redis::Client::open(url.as_str())
-                .map_err(|e| invalid(format!("limiter.redis_url: {url:?}: {e}")))?;
+            redis::Client::open(url.as_str()).map_err(|e| {
+                // Never echo a password: the message reaches stderr and `check`'s output.
+                let shown = crate::limiter::redis::redact(&url);
+                invalid(format!("limiter.redis_url: {shown:?}: {e}"))
+            })?;
             Backend::Redis { url }
         }
         other => {

@@ -128,6 +128,11 @@ impl<C: Clock> MemoryLimiter<C> {
         state.check_and_charge(limits, self.clock.now_ms())
     }
 
+    /// Whether `key_id` holds window state.
+    pub fn contains_key(&self, key_id: &str) -> bool {
+        self.keys.contains_key(key_id)
+    }
+
     /// Number of keys holding window state.
     pub fn key_count(&self) -> usize {
         self.keys.len()

@@ -54,10 +54,10 @@
 //!
 //! | plan | limits | heap requested per key | resident per key |
 //! | --- | --- | --- | --- |
-//! | free | 5/min + 30/h | 466 B (same layout) | ≈ 534 B |
-//! | pro | 30/min + 500/h | 466 B (same layout) | ≈ 534 B |
-//! | scale | 100/min + 5,000/h | 466 B (measured) | 534 B (measured) |
-//! | calliope | 100/min + 10,000/24 h | 466 B (same layout) | ≈ 534 B |
+//! | free | 5/min + 30/h | 482 B (same layout) | ≈ 551 B |
+//! | pro | 30/min + 500/h | 482 B (same layout) | ≈ 551 B |
+//! | scale | 100/min + 5,000/h | 482 B (measured) | 551 B (measured) |
+//! | calliope | 100/min + 10,000/24 h | 482 B (same layout) | ≈ 551 B |
 //!
 //! The baseline sliding log of the bench (`u64` times) holds 8 B per
 //! admission in the window: 40 KB for a Scale key at its hourly limit.

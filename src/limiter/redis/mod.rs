@@ -439,7 +439,7 @@ async fn connect_in_background(client: redis::Client, shared: Arc<Shared>, url: 
 }
 
 /// The URL without its password, for logs.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => match rest.rsplit_once('@') {
             Some((_credentials, host)) => format!("{scheme}://***@{host}"),
