@@ -15,7 +15,7 @@ use crate::state::Shared;
 /// Runs every admission step; `Err` is the answer to send instead of proxying.
 pub async fn admit(
     shared: &Shared,
-    session: &Session,
+    session: &mut Session,
     ctx: &mut RequestCtx,
 ) -> Result<(), GatewayError> {
     let req = session.req_header();
@@ -50,6 +50,7 @@ pub async fn admit(
     ctx.key = Some(key.clone());
 
     check_body_size(req, ctx.config.server.max_body_bytes)?;
+    buffer_unsized_body(session, ctx.config.server.max_body_bytes).await?;
     apply_limits(shared, ctx, &key).await
 }
 
@@ -63,6 +64,46 @@ fn header_bytes(req: &pingora::http::RequestHeader) -> usize {
     req.headers
         .iter()
         .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
+/// Largest body without `Content-Length` the gateway holds back before proxying: Pingora's
+/// body buffer, which then replays it to the upstream.
+pub const MAX_UNSIZED_BODY_BYTES: u64 = 64 * 1024;
+
+/// A body without `Content-Length` (chunked) is read whole before anything goes upstream, so
+/// that one over the limit gets 413 without the upstream seeing a byte of it. Pingora replays
+/// the buffered body to the upstream; its buffer holds 64 KiB, so larger unsized bodies are
+/// refused too (send `Content-Length` for those).
+async fn buffer_unsized_body(
+    session: &mut Session,
+    max_body_bytes: u64,
+) -> Result<(), GatewayError> {
+    let sized = session
+        .req_header()
+        .headers
+        .contains_key(http::header::CONTENT_LENGTH);
+    if sized || session.is_body_empty() {
+        return Ok(());
+    }
+    let limit = max_body_bytes.min(MAX_UNSIZED_BODY_BYTES);
+    session.enable_retry_buffering();
+    let mut total: u64 = 0;
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                total += chunk.len() as u64;
+                if total > limit {
+                    return Err(GatewayError::PayloadTooLarge);
+                }
+            }
+            Ok(None) => break,
+            Err(_) => return Err(GatewayError::BadRequest),
+        }
+    }
+    if session.retry_buffer_truncated() {
+        return Err(GatewayError::PayloadTooLarge);
+    }
+    Ok(())
 }
 
 fn check_body_size(

@@ -346,3 +346,58 @@ fn a_taken_listen_port_fails_start_up_with_one_line() {
         "{stderr}"
     );
 }
+
+/// Sends a chunked POST over a raw socket; returns the status code of the answer.
+fn chunked_post(port: u16, path: &str, token: &str, chunks: &[Vec<u8>]) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for c in chunks {
+        req.extend(format!("{:x}\r\n", c.len()).bytes());
+        req.extend(c);
+        req.extend(b"\r\n");
+    }
+    req.extend(b"0\r\n\r\n");
+    let _ = s.write_all(&req);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_chunked_body_is_checked_whole_before_anything_goes_upstream() {
+    let up = Upstream::start();
+    let gw = gateway(&up, "max_body_bytes = 1000");
+    let (port, chunk) = (gw.port, vec![b'a'; 300]);
+    let small = vec![chunk.clone(), chunk.clone()];
+    let status =
+        tokio::task::spawn_blocking(move || chunked_post(port, "/api/v1/items", PRO, &small))
+            .await
+            .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        up.last().unwrap().body_len,
+        600,
+        "the buffered body reached the upstream whole"
+    );
+
+    let big = vec![chunk; 5];
+    let status =
+        tokio::task::spawn_blocking(move || chunked_post(port, "/api/v1/items", PRO, &big))
+            .await
+            .unwrap();
+    assert_eq!(status, 413);
+    assert_eq!(
+        up.total(),
+        1,
+        "the upstream saw nothing of the oversized body"
+    );
+}
