@@ -401,3 +401,25 @@ async fn a_chunked_body_is_checked_whole_before_anything_goes_upstream() {
         "the upstream saw nothing of the oversized body"
     );
 }
+
+#[test]
+fn a_malformed_request_gets_400_and_a_closed_connection_and_others_are_served() {
+    use std::io::{Read, Write};
+    let up = Upstream::start();
+    let gw = gateway(&up, "");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\nBad Header Without Colon\r\n\r\n")
+        .unwrap();
+    let mut out = Vec::new();
+    // read_to_end returns only once the gateway has closed the connection.
+    s.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert_eq!(up.total(), 0);
+    assert_eq!(
+        blocking_status(&gw.url("/x")),
+        Some(401),
+        "the gateway keeps serving others"
+    );
+}

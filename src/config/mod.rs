@@ -7,6 +7,7 @@ mod file;
 pub mod model;
 pub mod reload;
 mod validate;
+pub mod watch;
 mod window;
 
 use std::path::{Path, PathBuf};
