@@ -137,7 +137,10 @@ async fn two_instances_share_one_budget() {
         "termsgate_limiter_backend_duration_seconds_count",
         &[("backend", "redis")],
     );
-    assert!(observed.is_some_and(|n| n >= 6.0), "{observed:?}");
+    // Instance a asked Redis 4 times in the alternating phase (3 admissions and the refusal
+    // that filled its local cache; later refusals came from that cache) and at least once in
+    // the concurrent phase; how often more depends on how the 20 requests interleave.
+    assert!(observed.is_some_and(|n| n >= 5.0), "{observed:?}");
 }
 
 /// One key, one limit of 1 per 2 s: the shortest real wait a whole-second Retry-After allows.
