@@ -106,6 +106,19 @@ async fn buffer_unsized_body(
     Ok(())
 }
 
+/// Counts body bytes as they stream to the upstream; past `max_body_bytes` the request fails
+/// with 413 (a body with `Content-Length` or a buffered one never gets here over the limit).
+pub fn count_body(ctx: &mut RequestCtx, chunk: Option<&bytes::Bytes>) -> pingora::Result<()> {
+    ctx.body_bytes += chunk.map_or(0, |b| b.len() as u64);
+    if ctx.body_bytes > ctx.config.server.max_body_bytes {
+        return pingora::Error::e_explain(
+            pingora::ErrorType::HTTPStatus(413),
+            "request body over max_body_bytes",
+        );
+    }
+    Ok(())
+}
+
 fn check_body_size(
     req: &pingora::http::RequestHeader,
     max_body_bytes: u64,

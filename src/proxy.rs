@@ -10,7 +10,7 @@ use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorType, Result};
+use pingora::{Error, Result};
 
 use crate::context::RequestCtx;
 use crate::state::Shared;
@@ -53,14 +53,7 @@ impl ProxyHttp for Gateway {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
-        if ctx.body_bytes > ctx.config.server.max_body_bytes {
-            return Error::e_explain(
-                ErrorType::HTTPStatus(413),
-                "request body over max_body_bytes",
-            );
-        }
-        Ok(())
+        admission::count_body(ctx, body.as_ref())
     }
 
     async fn upstream_peer(
@@ -121,15 +114,7 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let (answer, upstream_kind) = upstream::classify(e);
-        if let Some(kind) = upstream_kind {
-            self.shared
-                .metrics
-                .upstream_errors
-                .with_label_values(&[kind])
-                .inc();
-            tracing::warn!(request_id = %ctx.request_id, error = ?e.etype(), "upstream error: {kind}");
-        }
+        let answer = upstream::on_failure(&self.shared.metrics, e, ctx);
         let already_answered = session.response_written().is_some();
         let code = match answer {
             Some(err) if !already_answered => {

@@ -43,6 +43,21 @@ pub fn prepare_request(req: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Re
     Ok(())
 }
 
+/// Records a proxying failure (metric and a diagnostic line without secrets) and returns the
+/// answer for the client, if there is one to give.
+pub fn on_failure(
+    metrics: &crate::metrics::Metrics,
+    e: &Error,
+    ctx: &RequestCtx,
+) -> Option<GatewayError> {
+    let (answer, upstream_kind) = classify(e);
+    if let Some(kind) = upstream_kind {
+        metrics.upstream_errors.with_label_values(&[kind]).inc();
+        tracing::warn!(request_id = %ctx.request_id, error = ?e.etype(), "upstream error: {kind}");
+    }
+    answer
+}
+
 /// What a proxying failure means: the answer for the client (if it is still there) and the
 /// `kind` label of `termsgate_upstream_errors_total` (if the upstream was at fault).
 pub fn classify(e: &Error) -> (Option<GatewayError>, Option<&'static str>) {
