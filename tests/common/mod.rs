@@ -279,6 +279,21 @@ impl Gateway {
     }
 
     pub fn start_with_env(config: impl Fn(u16, u16) -> String, env: &[(&str, &str)]) -> Self {
+        // Ports come from binding port 0 and releasing it (Pingora cannot report the port it
+        // bound), so another test may grab one first: the gateway then refuses to start with
+        // "cannot listen on", and we try again on fresh ports.
+        for _ in 0..5 {
+            let mut gw = Self::spawn(&config, env);
+            match gw.wait_ready() {
+                Ok(()) => return gw,
+                Err(why) if why.contains("cannot listen on") => continue,
+                Err(why) => panic!("{why}"),
+            }
+        }
+        panic!("no free ports for the gateway after 5 tries");
+    }
+
+    fn spawn(config: &impl Fn(u16, u16) -> String, env: &[(&str, &str)]) -> Self {
         let (port, admin) = (free_port(), free_port());
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("termsgate.toml"), config(port, admin))
@@ -295,28 +310,26 @@ impl Gateway {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn termsgate");
-        let mut gw = Gateway {
+        Gateway {
             port,
             admin,
             dir,
             child,
-        };
-        gw.wait_ready();
-        gw
+        }
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("gateway exited with {status}: {}", self.stderr());
+                return Err(format!("gateway exited with {status}: {}", self.stderr()));
             }
             if blocking_status(&format!("http://127.0.0.1:{}/readyz", self.admin)) == Some(200) {
-                return;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("gateway not ready: {}", self.stderr());
+        Err(format!("gateway not ready: {}", self.stderr()))
     }
 
     pub fn url(&self, path: &str) -> String {
