@@ -87,7 +87,7 @@ pub fn run(
     let admin_listen = config.admin_listen;
 
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
-    let shared = Shared::new(config, metrics, access_log);
+    let shared = Shared::new(config, metrics, access_log.clone());
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -120,5 +120,8 @@ pub fn run(
     }
     server.bootstrap();
     crate::control::start(shared, config_path, server.watch_execution_phase())?;
-    server.run_forever()
+    server.run(pingora::server::RunArgs::default());
+    // Pingora's own exit path (after its shutdown) must not lose lines still in the buffer.
+    access_log.drain(std::time::Duration::from_secs(1));
+    std::process::exit(0)
 }

@@ -266,12 +266,14 @@ async fn sigint_exits_at_once() {
             .status(),
         200
     );
+    // The line of a finished request is written before the signal (a request still being
+    // logged when SIGINT arrives may lose its line: SIGINT does not wait for anything).
+    assert_eq!(gw.wait_log_lines(1).len(), 1);
     gw.signal("INT");
     let status = gw
         .wait_exit(Duration::from_secs(3))
         .expect("exited at once");
     assert!(status.success(), "{status}");
-    assert_eq!(gw.log_lines().len(), 1, "the access log was flushed");
 }
 
 #[tokio::test]
