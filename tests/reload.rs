@@ -4,7 +4,6 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -22,23 +21,6 @@ fn config(
     keys: &[(&str, &str, &str)],
 ) -> String {
     jettson_config_with(gw_ports.0, gw_ports.1, up, extra, free_per_minute, keys)
-}
-
-fn reloads(gw: &Gateway, result: &str) -> f64 {
-    metric(
-        &gw.metrics(),
-        "termsgate_config_reloads_total",
-        &[("result", result)],
-    )
-    .unwrap_or(0.0)
-}
-
-fn wait_for(mut pred: impl FnMut() -> bool, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !pred() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn start(up: &Upstream, extra: &'static str) -> Gateway {
@@ -83,15 +65,7 @@ async fn a_file_change_is_picked_up_without_sighup_in_place_or_by_rename() {
     let up = Upstream::start();
     let gw = start(&up, "watch = true");
     let c = client();
-    assert_eq!(
-        c.get(gw.url("/x"))
-            .bearer_auth(FREE2)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(get_status(&c, &gw.url("/x"), FREE2).await, 200);
     // Write then rename (editors, `kubectl` config maps): key_free_b removed.
     let without_b = config(
         (gw.port, gw.admin),
@@ -102,15 +76,7 @@ async fn a_file_change_is_picked_up_without_sighup_in_place_or_by_rename() {
     );
     gw.write_config(&without_b);
     wait_for(|| reloads(&gw, "success") == 1.0, "a reload after rename");
-    assert_eq!(
-        c.get(gw.url("/x"))
-            .bearer_auth(FREE2)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(get_status(&c, &gw.url("/x"), FREE2).await, 401);
     // Written in place: key_free_b back.
     std::fs::write(
         gw.config_path(),
@@ -121,15 +87,7 @@ async fn a_file_change_is_picked_up_without_sighup_in_place_or_by_rename() {
         || reloads(&gw, "success") == 2.0,
         "a reload after an in-place write",
     );
-    assert_eq!(
-        c.get(gw.url("/x"))
-            .bearer_auth(FREE2)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(get_status(&c, &gw.url("/x"), FREE2).await, 200);
 }
 
 #[tokio::test]
@@ -152,47 +110,15 @@ async fn a_changed_keys_file_is_picked_up() {
     let extra = format!("watch = true\nkeys_file = \"{}\"", keys_path.display());
     let gw = Gateway::start(move |p, a| config((p, a), addr, &extra, 5, &[]));
     let c = client();
-    assert_eq!(
-        c.get(gw.url("/x"))
-            .bearer_auth(FREE)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        c.get(gw.url("/x"))
-            .bearer_auth(PRO)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(get_status(&c, &gw.url("/x"), FREE).await, 200);
+    assert_eq!(get_status(&c, &gw.url("/x"), PRO).await, 401);
     write_atomically(&keys_path, &keys_block(&[KEYS[2]]));
     wait_for(
         || reloads(&gw, "success") == 1.0,
         "a reload after the keys file changed",
     );
-    assert_eq!(
-        c.get(gw.url("/x"))
-            .bearer_auth(PRO)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        c.get(gw.url("/x"))
-            .bearer_auth(FREE)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(get_status(&c, &gw.url("/x"), PRO).await, 200);
+    assert_eq!(get_status(&c, &gw.url("/x"), FREE).await, 401);
 }
 
 #[tokio::test]
@@ -200,15 +126,7 @@ async fn a_removed_key_is_refused_right_after_the_reload() {
     let up = Upstream::start();
     let gw = start(&up, "");
     let c = client();
-    assert_eq!(
-        c.get(gw.url("/x"))
-            .bearer_auth(PRO)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(get_status(&c, &gw.url("/x"), PRO).await, 200);
     gw.write_config(&config((gw.port, gw.admin), up.addr, "", 5, &KEYS[..2]));
     gw.signal("HUP");
     wait_for(|| reloads(&gw, "success") == 1.0, "the reload");
@@ -293,12 +211,7 @@ async fn each_kind_of_invalid_file_is_refused_while_traffic_is_served() {
         failures += 1.0;
         wait_for(|| reloads(&gw, "failure") == failures, what);
         assert_eq!(
-            c.get(gw.url("/x"))
-                .bearer_auth(PRO)
-                .send()
-                .await
-                .unwrap()
-                .status(),
+            get_status(&c, &gw.url("/x"), PRO).await,
             200,
             "{what}: old config still serves"
         );
@@ -311,15 +224,7 @@ async fn each_kind_of_invalid_file_is_refused_while_traffic_is_served() {
         || reloads(&gw, "failure") == failures + 1.0,
         "a missing file",
     );
-    assert_eq!(
-        c.get(gw.url("/x"))
-            .bearer_auth(PRO)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(get_status(&c, &gw.url("/x"), PRO).await, 200);
     assert_eq!(reloads(&gw, "success"), 0.0);
     let stderr = gw.stderr();
     for needle in ["platinum", "nowhere", "colour", "absent.toml", "1x"] {
@@ -348,15 +253,7 @@ async fn listen_changes_need_a_restart_and_the_rest_still_applies() {
     assert!(gw
         .stderr()
         .contains("server.listen changed: this needs a restart"));
-    assert_eq!(
-        c.get(gw.url("/x"))
-            .bearer_auth(PRO)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(get_status(&c, &gw.url("/x"), PRO).await, 200);
     assert!(
         up.last().unwrap().header("authorization").is_empty(),
         "strip_authorization applied live"

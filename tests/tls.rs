@@ -4,7 +4,7 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -115,20 +115,7 @@ async fn a_reload_serves_a_new_certificate_and_refuses_a_bad_pair() {
     let second = self_signed();
     write_pair(dir.path(), &second);
     gw.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while metric(
-        &gw.metrics(),
-        "termsgate_config_reloads_total",
-        &[("result", "success")],
-    ) != Some(1.0)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "reload did not succeed: {}",
-            gw.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(|| reloads(&gw, "success") == 1.0, "reload did not succeed");
     assert_eq!(
         https_client(&second)
             .get(&url)
@@ -153,20 +140,7 @@ async fn a_reload_serves_a_new_certificate_and_refuses_a_bad_pair() {
     let third = self_signed();
     write_atomically(&dir.path().join("key.pem"), &third.key_pem);
     gw.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while metric(
-        &gw.metrics(),
-        "termsgate_config_reloads_total",
-        &[("result", "failure")],
-    ) != Some(1.0)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "bad pair not refused: {}",
-            gw.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(|| reloads(&gw, "failure") == 1.0, "bad pair not refused");
     assert!(gw.stderr().contains("does not match"), "{}", gw.stderr());
     assert_eq!(
         https_client(&second)

@@ -421,6 +421,37 @@ pub fn write_atomically(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).expect("rename");
 }
 
+/// `termsgate_config_reloads_total{result}` of a gateway (0 when absent).
+pub fn reloads(gw: &Gateway, result: &str) -> f64 {
+    metric(
+        &gw.metrics(),
+        "termsgate_config_reloads_total",
+        &[("result", result)],
+    )
+    .unwrap_or(0.0)
+}
+
+/// Polls `pred` for up to 5 s (reloads and log lines happen off the request path).
+pub fn wait_for(mut pred: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !pred() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The status of a GET with a bearer token.
+pub async fn get_status(client: &::reqwest::Client, url: &str, token: &str) -> u16 {
+    client
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("request")
+        .status()
+        .as_u16()
+}
+
 /// Sum of the samples of `name` whose labels include all of `labels`.
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let mut total = None;
