@@ -5,6 +5,7 @@ use pingora::proxy::Session;
 
 use crate::auth;
 use crate::client_ip;
+use crate::conn_guard;
 use crate::context::RequestCtx;
 use crate::error::{GatewayError, RateLimitRefusal};
 use crate::limiter::backend::Verdict;
@@ -18,6 +19,9 @@ pub async fn admit(
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) -> Result<(), GatewayError> {
+    if let Some(first_byte) = conn_guard::begin_request(session) {
+        ctx.started = first_byte;
+    }
     let req = session.req_header();
     ctx.request_id = request_id::assign(req.headers.get("x-request-id").map(|v| v.as_bytes()));
     let peer = session

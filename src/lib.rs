@@ -13,6 +13,7 @@ pub mod admission;
 pub mod auth;
 pub mod client_ip;
 pub mod config;
+pub mod conn_guard;
 pub mod context;
 pub mod control;
 pub mod demo;

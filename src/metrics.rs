@@ -40,6 +40,8 @@ pub struct Metrics {
     pub abuse_blocked: IntCounter,
     /// `termsgate_limiter_backend_errors_total{kind}`.
     pub backend_errors: IntCounterVec,
+    /// `termsgate_client_timeouts_total{kind}`: connections closed for a slow header or idleness.
+    pub client_timeouts: IntCounterVec,
     /// `termsgate_limiter_backend_duration_seconds`.
     pub backend_duration: HistogramVec,
 }
@@ -154,6 +156,12 @@ impl Metrics {
                 "Limiter backend failures.",
                 &["kind"],
             ),
+            client_timeouts: counter_vec(
+                &r,
+                "termsgate_client_timeouts_total",
+                "Client connections closed for a slow request header or for idleness.",
+                &["kind"],
+            ),
             backend_duration: histogram_vec(
                 &r,
                 "termsgate_limiter_backend_duration_seconds",
@@ -178,6 +186,9 @@ impl Metrics {
         }
         for kind in ["timeout", "connection", "script"] {
             self.backend_errors.with_label_values(&[kind]);
+        }
+        for kind in ["header", "idle"] {
+            self.client_timeouts.with_label_values(&[kind]);
         }
     }
 

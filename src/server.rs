@@ -13,6 +13,7 @@ use pingora::services::ServiceWithDependents;
 use crate::access_log::AccessLog;
 use crate::admin::AdminApp;
 use crate::config::Config;
+use crate::conn_guard::GuardedApp;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::state::Shared;
@@ -89,10 +90,10 @@ pub fn run(
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
     let shared = Shared::new(config, metrics, access_log.clone());
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(shared.clone()),
-        "termsgate proxy",
+    let gateway = pingora::proxy::http_proxy(&server.configuration, Gateway::new(shared.clone()));
+    let mut proxy = Service::new(
+        "termsgate proxy".into(),
+        GuardedApp::new(gateway, shared.clone()),
     );
     for addr in &public_listen {
         let addr = addr.to_string();

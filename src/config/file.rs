@@ -76,6 +76,10 @@ pub(crate) struct ServerFile {
     pub trusted_proxies: Vec<String>,
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: u64,
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
 }
 
 /// `[admin]`.
@@ -165,6 +169,12 @@ fn default_watch() -> bool {
 }
 fn default_max_body_bytes() -> u64 {
     1_048_576
+}
+fn default_header_timeout_ms() -> u64 {
+    10_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    60_000
 }
 fn default_backend() -> String {
     "memory".into()

@@ -75,6 +75,10 @@ pub struct ServerSettings {
     pub trusted_proxies: Vec<IpNet>,
     /// Largest request body accepted.
     pub max_body_bytes: u64,
+    /// From a request's first byte, how long its header may take to arrive (slowloris).
+    pub header_timeout: Duration,
+    /// How long a client connection may sit idle before or between requests.
+    pub idle_timeout: Duration,
 }
 
 /// Certificate and private key (PEM), resolved against the config directory, and the pair

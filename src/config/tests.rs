@@ -1,6 +1,7 @@
 //! Unit tests of config validation: each kind of mistake is refused with a message naming it.
 
 use std::path::Path;
+use std::time::Duration;
 
 use super::*;
 
@@ -203,4 +204,29 @@ fn a_missing_keys_file_is_refused() {
     std::fs::write(&path, text).expect("write");
     let err = load(&path).expect_err("missing keys_file").to_string();
     assert!(err.contains("missing.toml"), "{err}");
+}
+
+#[test]
+fn client_timeouts_default_and_are_bounded() {
+    let cfg = check(&base("", "")).expect("valid");
+    assert_eq!(cfg.server.header_timeout, Duration::from_secs(10));
+    assert_eq!(cfg.server.idle_timeout, Duration::from_secs(60));
+    let with = |line: &str| {
+        base("", "").replace(
+            "upstream = \"127.0.0.1:9000\"",
+            &format!("upstream = \"127.0.0.1:9000\"\n{line}"),
+        )
+    };
+    let cfg = check(&with("header_timeout_ms = 250\nidle_timeout_ms = 1500")).expect("valid");
+    assert_eq!(cfg.server.header_timeout, Duration::from_millis(250));
+    assert_eq!(cfg.server.idle_timeout, Duration::from_millis(1500));
+    refused_with(
+        &with("header_timeout_ms = 0"),
+        &["server.header_timeout_ms"],
+    );
+    refused_with(&with("idle_timeout_ms = 0"), &["server.idle_timeout_ms"]);
+    refused_with(
+        &with("idle_timeout_ms = 60001"),
+        &["server.idle_timeout_ms", "60000"],
+    );
 }

@@ -28,6 +28,8 @@ use crate::limiter::LimitSpec;
 const MAX_ROUTES: usize = 64;
 /// Window counters are 16 bits wide (see `limiter`).
 const MAX_LIMIT: i64 = 65_535;
+/// Pingora drops a connection idle for 60 s whatever we ask, so a longer idle timeout would lie.
+const MAX_IDLE_TIMEOUT_MS: u64 = 60_000;
 
 /// Checks a parsed file (plus the keys of `keys_file`, if any) and builds the runtime config.
 pub(crate) fn build(
@@ -82,6 +84,14 @@ fn server(s: ServerFile, base_dir: &Path) -> Result<ServerSettings, ConfigError>
     if s.max_body_bytes == 0 {
         return Err(invalid("server.max_body_bytes: must be at least 1"));
     }
+    if s.header_timeout_ms == 0 {
+        return Err(invalid("server.header_timeout_ms: must be at least 1"));
+    }
+    if !(1..=MAX_IDLE_TIMEOUT_MS).contains(&s.idle_timeout_ms) {
+        return Err(invalid(
+            "server.idle_timeout_ms: must be between 1 and 60000 (Pingora closes idle connections at 60 s)",
+        ));
+    }
     let upstream_sni = s
         .upstream_sni
         .clone()
@@ -99,6 +109,8 @@ fn server(s: ServerFile, base_dir: &Path) -> Result<ServerSettings, ConfigError>
         tls: tls_files(s.tls_cert, s.tls_key, base_dir)?,
         trusted_proxies: trusted_proxies(&s.trusted_proxies)?,
         max_body_bytes: s.max_body_bytes,
+        header_timeout: Duration::from_millis(s.header_timeout_ms),
+        idle_timeout: Duration::from_millis(s.idle_timeout_ms),
     })
 }
 

@@ -1,0 +1,182 @@
+//! End-to-end over raw TCP sockets: the header deadline (slowloris), the idle timeout, and
+//! `latency_ms` counted from a request's first byte. Timeouts are set short in the config;
+//! each wait below is bounded many times over the timeout it waits for, and nothing asserts
+//! how fast the gateway is.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn gateway(up: &Upstream, extra: &str) -> Gateway {
+    let addr = up.addr;
+    let extra = extra.to_string();
+    Gateway::start(move |p, a| jettson_config(p, a, addr, &extra))
+}
+
+fn connect(gw: &Gateway) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    s
+}
+
+fn request(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {PRO}\r\n\r\n")
+}
+
+/// Reads one response with a Content-Length body; returns its status code.
+fn read_response(s: &mut TcpStream) -> u16 {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).expect("read response");
+        assert!(n > 0, "connection closed before a whole response");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let head = &text[..end];
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .expect("content-length");
+            if buf.len() >= end + 4 + length {
+                return head
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|c| c.parse().ok())
+                    .expect("status code");
+            }
+        }
+    }
+}
+
+/// Waits until the gateway closes `s` (end of stream or reset), failing after `bound`.
+/// Returns any bytes the gateway sent first.
+fn wait_closed(s: &mut TcpStream, bound: Duration) -> Vec<u8> {
+    s.set_read_timeout(Some(bound)).expect("read timeout");
+    let mut out = Vec::new();
+    match s.read_to_end(&mut out) {
+        Ok(_) => out,
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => out,
+        Err(e) => panic!("connection still open after {bound:?}: {e}"),
+    }
+}
+
+fn client_timeouts(gw: &Gateway, kind: &str) -> f64 {
+    metric(
+        &gw.metrics(),
+        "termsgate_client_timeouts_total",
+        &[("kind", kind)],
+    )
+    .unwrap_or(-1.0)
+}
+
+#[test]
+fn a_client_dribbling_its_header_is_cut_off_while_others_are_served() {
+    let up = Upstream::start();
+    let gw = gateway(&up, "header_timeout_ms = 300");
+    let mut slow = connect(&gw);
+    slow.write_all(b"GET /api/v1/items HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+
+    // One header line every 50 ms: each read is quick, which Pingora's per-read timeout
+    // allows for ever; only a deadline on the whole header stops it.
+    let bound = Instant::now() + Duration::from_secs(10);
+    let mut served_meanwhile = false;
+    let closed = loop {
+        assert!(Instant::now() < bound, "slow client still connected");
+        if slow.write_all(b"X-Slow: a\r\n").is_err() {
+            break true;
+        }
+        let mut byte = [0u8; 1];
+        match slow.read(&mut byte) {
+            Ok(0) => break true,
+            Ok(_) => panic!("the gateway answered an incomplete header"),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break true,
+            Err(_) => {} // still open: the read timed out
+        }
+        if !served_meanwhile {
+            served_meanwhile = blocking_status(&gw.url("/api/v1/items")) == Some(401);
+        }
+    };
+    assert!(closed);
+    assert!(
+        served_meanwhile,
+        "others were served while the slow client held on"
+    );
+    assert_eq!(client_timeouts(&gw, "header"), 1.0);
+    assert_eq!(up.total(), 0, "nothing of the slow request went upstream");
+    assert_eq!(blocking_status(&gw.url("/api/v1/items")), Some(401));
+}
+
+#[test]
+fn the_header_deadline_starts_at_each_requests_first_byte_not_at_the_connection() {
+    let up = Upstream::start();
+    let gw = gateway(&up, "header_timeout_ms = 300");
+    let mut s = connect(&gw);
+    s.write_all(request("/api/v1/items").as_bytes()).unwrap();
+    assert_eq!(read_response(&mut s), 200);
+    // Idle for longer than the header timeout: idleness is not a slow header.
+    std::thread::sleep(Duration::from_millis(600));
+    s.write_all(request("/api/v1/items").as_bytes()).unwrap();
+    assert_eq!(read_response(&mut s), 200, "served on the same connection");
+    assert_eq!(up.total(), 2);
+    assert_eq!(client_timeouts(&gw, "header"), 0.0);
+}
+
+#[test]
+fn an_idle_connection_is_closed_after_the_idle_timeout() {
+    let up = Upstream::start();
+    let gw = gateway(&up, "idle_timeout_ms = 1000");
+
+    // Kept alive while it is used within the timeout.
+    let mut s = connect(&gw);
+    for _ in 0..3 {
+        s.write_all(request("/api/v1/items").as_bytes()).unwrap();
+        assert_eq!(read_response(&mut s), 200);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Then closed, quietly, once idle.
+    let rest = wait_closed(&mut s, Duration::from_secs(15));
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+
+    // A connection that never sends anything is closed the same way.
+    let mut silent = connect(&gw);
+    let rest = wait_closed(&mut silent, Duration::from_secs(15));
+    assert!(rest.is_empty());
+
+    assert_eq!(client_timeouts(&gw, "idle"), 2.0);
+    assert_eq!(up.total(), 3);
+    assert_eq!(blocking_status(&gw.url("/api/v1/items")), Some(401));
+}
+
+#[test]
+fn latency_ms_counts_from_the_first_byte_of_the_request() {
+    let up = Upstream::start();
+    let gw = gateway(&up, "");
+    let mut s = connect(&gw);
+    let req = request("/api/v1/items");
+    let (first, rest) = req.split_at(10);
+    s.write_all(first.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    s.write_all(rest.as_bytes()).unwrap();
+    assert_eq!(read_response(&mut s), 200);
+
+    let lines = gw.wait_log_lines(1);
+    assert_eq!(lines.len(), 1);
+    let latency = lines[0]["latency_ms"].as_f64().expect("latency_ms");
+    assert!(
+        latency >= 400.0,
+        "latency_ms {latency} leaves out the time the header took to arrive"
+    );
+}
