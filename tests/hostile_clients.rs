@@ -1,5 +1,6 @@
-//! End-to-end over raw TCP sockets: the header deadline (slowloris), the idle timeout, and
-//! `latency_ms` counted from a request's first byte. Timeouts are set short in the config;
+//! End-to-end over raw TCP sockets: oversized headers and bodies, the header deadline
+//! (slowloris), the idle timeout, and `latency_ms` counted from a request's first byte.
+//! (Malformed requests and chunked bodies have raw-socket tests in `gateway.rs`.) Timeouts are set short in the config;
 //! each wait below is bounded many times over the timeout it waits for, and nothing asserts
 //! how fast the gateway is.
 
@@ -179,4 +180,34 @@ fn latency_ms_counts_from_the_first_byte_of_the_request() {
         latency >= 400.0,
         "latency_ms {latency} leaves out the time the header took to arrive"
     );
+}
+
+#[test]
+fn oversized_headers_get_431_over_a_raw_socket_and_others_are_served() {
+    let up = Upstream::start();
+    let gw = gateway(&up, "");
+    let mut s = connect(&gw);
+    let big = "a".repeat(40 * 1024);
+    let req = format!(
+        "GET /api/v1/items HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {PRO}\r\nX-Big: {big}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    assert_eq!(read_response(&mut s), 431);
+    assert_eq!(up.total(), 0, "nothing went upstream");
+    assert_eq!(blocking_status(&gw.url("/api/v1/items")), Some(401));
+}
+
+#[test]
+fn a_declared_body_over_max_body_bytes_gets_413_before_it_is_sent() {
+    let up = Upstream::start();
+    let gw = gateway(&up, "max_body_bytes = 1000");
+    let mut s = connect(&gw);
+    // Only the header goes out: the answer must not wait for the 2 MB the header announces.
+    let req = format!(
+        "POST /api/v1/agents HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {PRO}\r\nContent-Length: 2000000\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    assert_eq!(read_response(&mut s), 413);
+    assert_eq!(up.total(), 0, "nothing went upstream");
+    assert_eq!(blocking_status(&gw.url("/api/v1/items")), Some(401));
 }
