@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::IntCounter;
-use serde::Serialize;
 
 /// Lines buffered before new ones are dropped.
 pub const BUFFER_LINES: usize = 65_536;
@@ -23,10 +22,10 @@ const WRITE_TICK: Duration = Duration::from_millis(5);
 
 /// One access log line. The fields are exactly the contract's; there is deliberately no field
 /// that could hold a token, a header, a query string or a body.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct AccessRecord<'a> {
-    /// RFC 3339, UTC, milliseconds.
-    pub ts: String,
+    /// When the request ended; written as RFC 3339, UTC, milliseconds.
+    pub ts: SystemTime,
     /// The request's id.
     pub request_id: &'a str,
     /// The client address (see `client_ip`).
@@ -81,10 +80,8 @@ impl AccessLog {
 
     /// Queues one line; drops it (and counts the drop) when the buffer is full.
     pub fn log(&self, record: &AccessRecord<'_>) {
-        let mut line = Vec::with_capacity(256);
-        if serde_json::to_writer(&mut line, record).is_err() {
-            return;
-        }
+        let mut line = Vec::with_capacity(320);
+        record.write_json(&mut line);
         line.push(b'\n');
         self.pending.fetch_add(1, Ordering::Relaxed);
         match self.tx.try_send(line) {
@@ -138,6 +135,122 @@ pub fn timestamp_now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
+impl AccessRecord<'_> {
+    /// Appends the record as one JSON object, fields in the contract's order. Written by hand
+    /// rather than through serde: this runs once per request, and every string is escaped.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"ts\":\"");
+        write_timestamp(out, self.ts);
+        out.extend_from_slice(b"\",\"request_id\":");
+        json_str(out, self.request_id);
+        out.extend_from_slice(b",\"client_ip\":");
+        match self.client_ip {
+            // An address has no characters that need escaping.
+            Some(ip) => {
+                let _ = write!(out, "\"{ip}\"");
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"method\":");
+        json_str(out, self.method);
+        out.extend_from_slice(b",\"path\":");
+        json_str(out, self.path);
+        out.extend_from_slice(b",\"status\":");
+        out.extend_from_slice(itoa::Buffer::new().format(self.status).as_bytes());
+        out.extend_from_slice(b",\"latency_ms\":");
+        json_ms(out, Some(self.latency_ms));
+        out.extend_from_slice(b",\"key_id\":");
+        json_opt_str(out, self.key_id);
+        out.extend_from_slice(b",\"plan\":");
+        json_opt_str(out, self.plan);
+        out.extend_from_slice(b",\"limited\":");
+        json_opt_str(out, self.limited);
+        out.extend_from_slice(b",\"upstream_ms\":");
+        json_ms(out, self.upstream_ms);
+        out.push(b'}');
+    }
+}
+
+fn json_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => json_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// A JSON string: quotes, backslashes and control characters escaped; the rest is UTF-8 as is.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let needs_escape = s.bytes().fold(false, |acc, b| {
+        acc | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if !needs_escape {
+        out.extend_from_slice(s.as_bytes());
+    } else {
+        for b in s.bytes() {
+            match b {
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                b if b < 0x20 => {
+                    let _ = write!(out, "\\u{:04x}", b);
+                }
+                b => out.push(b),
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+/// Milliseconds with three decimals at most (`3.525`, `0.92`, `2.0`); `null` when absent or
+/// not finite.
+fn json_ms(out: &mut Vec<u8>, ms: Option<f64>) {
+    let micros = match ms {
+        Some(ms) if ms.is_finite() && ms >= 0.0 => (ms * 1000.0).round() as u64,
+        _ => {
+            out.extend_from_slice(b"null");
+            return;
+        }
+    };
+    out.extend_from_slice(itoa::Buffer::new().format(micros / 1000).as_bytes());
+    out.push(b'.');
+    let frac = micros % 1000;
+    let digits = [
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ];
+    let keep = digits.iter().rposition(|&d| d != b'0').map_or(1, |i| i + 1);
+    out.extend_from_slice(&digits[..keep]);
+}
+
+/// Writes `t` as `2026-11-25T15:00:20.436Z`. The part up to the second is formatted once per
+/// second and thread, then reused.
+fn write_timestamp(out: &mut Vec<u8>, t: SystemTime) {
+    thread_local! {
+        static SECOND: std::cell::RefCell<(u64, String)> = const {
+            std::cell::RefCell::new((u64::MAX, String::new()))
+        };
+    }
+    let since_epoch = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = since_epoch.as_secs();
+    let millis = since_epoch.subsec_millis();
+    SECOND.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+            // "2026-11-25T15:00:20Z" without its "Z".
+            let mut text = humantime::format_rfc3339_seconds(whole).to_string();
+            text.pop();
+            *cached = (secs, text);
+        }
+        out.extend_from_slice(cached.1.as_bytes());
+    });
+    let _ = write!(out, ".{millis:03}Z");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,7 +281,7 @@ mod tests {
 
     fn record() -> AccessRecord<'static> {
         AccessRecord {
-            ts: timestamp_now(),
+            ts: SystemTime::now(),
             request_id: "r1",
             client_ip: None,
             method: "GET",
@@ -211,7 +324,7 @@ mod tests {
     #[test]
     fn a_line_is_one_json_object_with_the_contract_fields() {
         let mut line = Vec::new();
-        serde_json::to_writer(&mut line, &record()).expect("json");
+        record().write_json(&mut line);
         let v: serde_json::Value = serde_json::from_slice(&line).expect("parse");
         let fields: Vec<&str> = v
             .as_object()
@@ -237,5 +350,64 @@ mod tests {
         got.sort();
         assert_eq!(got, want);
         assert!(v["ts"].as_str().expect("ts").ends_with('Z'));
+    }
+
+    #[test]
+    fn every_value_is_written_as_valid_json() {
+        let nasty = "/a\"b\\c\nd\te\u{1}f\u{7f}é✓";
+        let rec = AccessRecord {
+            ts: SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_082_820_436),
+            request_id: "id-1",
+            client_ip: Some("2001:db8::1".parse().expect("ip")),
+            method: "GET",
+            path: nasty,
+            status: 429,
+            latency_ms: 3.5254,
+            key_id: Some("k\"1"),
+            plan: Some("free"),
+            limited: None,
+            upstream_ms: Some(0.92),
+        };
+        let mut line = Vec::new();
+        rec.write_json(&mut line);
+        let v: serde_json::Value = serde_json::from_slice(&line)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&line)));
+        assert_eq!(v["ts"], "2025-11-25T15:00:20.436Z");
+        assert_eq!(v["request_id"], "id-1");
+        assert_eq!(v["client_ip"], "2001:db8::1");
+        assert_eq!(v["path"], nasty);
+        assert_eq!(v["status"], 429);
+        assert_eq!(v["latency_ms"], 3.525);
+        assert_eq!(v["key_id"], "k\"1");
+        assert_eq!(v["plan"], "free");
+        assert!(v["limited"].is_null());
+        assert_eq!(v["upstream_ms"], 0.92);
+    }
+
+    #[test]
+    fn milliseconds_keep_three_decimals_at_most() {
+        for (ms, text) in [
+            (Some(2.0), "2.0"),
+            (Some(0.0004), "0.0"),
+            (Some(0.0005), "0.001"),
+            (Some(12.3456), "12.346"),
+            (Some(0.5), "0.5"),
+            (Some(f64::NAN), "null"),
+            (None, "null"),
+        ] {
+            let mut out = Vec::new();
+            json_ms(&mut out, ms);
+            assert_eq!(String::from_utf8(out).expect("utf8"), text, "{ms:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_path_round_trips_through_json(path in "\\PC*|[\\x00-\\x7f]*") {
+            let mut out = Vec::new();
+            json_str(&mut out, &path);
+            let back: String = serde_json::from_slice(&out).expect("valid JSON string");
+            proptest::prop_assert_eq!(back, path);
+        }
     }
 }

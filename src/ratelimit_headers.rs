@@ -5,8 +5,7 @@
 //! more (0 when it has room now), rounded up. The `X-RateLimit-*` trio describes the matching
 //! limit with the least left, and `X-RateLimit-Reset` is that limit's `t`.
 
-use std::fmt::Write;
-
+use http::HeaderValue;
 use pingora::http::ResponseHeader;
 
 use crate::limiter::{retry_after_secs, LimitSpec, LimitStatus};
@@ -20,6 +19,25 @@ fn wait_secs(status: &LimitStatus) -> u64 {
     }
 }
 
+/// Appends `"name";k1=v1;k2=v2` to a list item by item (itoa, not `format!`: this runs on every
+/// limited request).
+fn push_item(out: &mut String, name: &str, (k1, v1): (&str, u64), (k2, v2): (&str, u64)) {
+    if !out.is_empty() {
+        out.push_str(", ");
+    }
+    let mut num = itoa::Buffer::new();
+    out.push('"');
+    out.push_str(name);
+    out.push_str("\";");
+    out.push_str(k1);
+    out.push('=');
+    out.push_str(num.format(v1));
+    out.push(';');
+    out.push_str(k2);
+    out.push('=');
+    out.push_str(num.format(v2));
+}
+
 /// Adds the rate limit headers for `limits` (in config order) and their `statuses`.
 pub fn apply(
     header: &mut ResponseHeader,
@@ -31,21 +49,20 @@ pub fn apply(
     }
     let mut policy = String::with_capacity(64 * limits.len());
     let mut state = String::with_capacity(48 * limits.len());
-    for (i, (spec, status)) in limits.iter().zip(statuses).enumerate() {
-        let sep = if i == 0 { "" } else { ", " };
-        let _ = write!(
-            policy,
-            "{sep}\"{}\";q={};w={}",
-            spec.name,
-            spec.max,
-            spec.window_ms / 1000
+    for (spec, status) in limits.iter().zip(statuses) {
+        let max = u64::from(spec.max);
+        push_item(
+            &mut policy,
+            &spec.name,
+            ("q", max),
+            ("w", spec.window_ms / 1000),
         );
-        let _ = write!(
-            state,
-            "{sep}\"{}\";r={};t={}",
-            spec.name,
-            status.remaining,
-            wait_secs(status)
+        let remaining = u64::from(status.remaining);
+        push_item(
+            &mut state,
+            &spec.name,
+            ("r", remaining),
+            ("t", wait_secs(status)),
         );
     }
     let tightest = limits
@@ -55,9 +72,9 @@ pub fn apply(
     header.insert_header("RateLimit-Policy", policy)?;
     header.insert_header("RateLimit", state)?;
     if let Some((spec, status)) = tightest {
-        header.insert_header("X-RateLimit-Limit", spec.max.to_string())?;
-        header.insert_header("X-RateLimit-Remaining", status.remaining.to_string())?;
-        header.insert_header("X-RateLimit-Reset", wait_secs(status).to_string())?;
+        header.insert_header("X-RateLimit-Limit", HeaderValue::from(spec.max))?;
+        header.insert_header("X-RateLimit-Remaining", HeaderValue::from(status.remaining))?;
+        header.insert_header("X-RateLimit-Reset", HeaderValue::from(wait_secs(status)))?;
     }
     Ok(())
 }

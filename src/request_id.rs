@@ -1,7 +1,5 @@
 //! Request ids: keep a well-formed client id, otherwise mint a new one.
 
-use std::fmt::Write;
-
 /// Longest id kept from a client.
 const MAX_LEN: usize = 128;
 
@@ -25,10 +23,7 @@ pub fn assign(client_id: Option<&[u8]>) -> String {
 /// A new id: 128 random bits as 32 hex characters (unique across instances, no coordination).
 pub fn generate() -> String {
     let bits: u128 = rand::random();
-    let mut out = String::with_capacity(32);
-    // Writing to a String cannot fail.
-    let _ = write!(out, "{bits:032x}");
-    out
+    hex::encode(bits.to_be_bytes())
 }
 
 #[cfg(test)]

@@ -2,7 +2,9 @@
 
 use pingora::proxy::Session;
 
-use crate::access_log::{timestamp_now, AccessRecord};
+use std::time::SystemTime;
+
+use crate::access_log::AccessRecord;
 use crate::context::RequestCtx;
 use crate::state::Shared;
 
@@ -35,7 +37,7 @@ pub fn record(shared: &Shared, session: &Session, ctx: &RequestCtx) {
     }
 
     shared.access_log.log(&AccessRecord {
-        ts: timestamp_now(),
+        ts: SystemTime::now(),
         request_id: &ctx.request_id,
         client_ip: ctx.client_ip,
         method: req.method.as_str(),

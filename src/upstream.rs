@@ -29,16 +29,20 @@ pub fn peer(server: &ServerSettings) -> Box<HttpPeer> {
 
 /// Sets the identity and request id headers the upstream sees; the client's copies go first.
 pub fn prepare_request(req: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Result<()> {
-    req.remove_header("x-api-key-id");
-    req.remove_header("x-api-plan");
-    req.remove_header("x-request-id");
     if ctx.config.server.strip_authorization {
         req.remove_header("authorization");
     }
+    // `insert_header` replaces every copy the client sent.
     req.insert_header("X-Request-Id", ctx.request_id.as_str())?;
-    if let Some(key) = &ctx.key {
-        req.insert_header("X-Api-Key-Id", &*key.id)?;
-        req.insert_header("X-Api-Plan", &*key.plan.name)?;
+    match &ctx.key {
+        Some(key) => {
+            req.insert_header("X-Api-Key-Id", &*key.id)?;
+            req.insert_header("X-Api-Plan", &*key.plan.name)?;
+        }
+        None => {
+            req.remove_header("x-api-key-id");
+            req.remove_header("x-api-plan");
+        }
     }
     Ok(())
 }

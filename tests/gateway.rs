@@ -85,7 +85,9 @@ async fn identity_headers_are_set_and_client_copies_removed() {
         .get(gw.url("/api/v1/agents/ag_1"))
         .bearer_auth(PRO)
         .header("X-Api-Key-Id", "someone_else")
+        .header("x-api-key-id", "a_second_copy")
         .header("X-Api-Plan", "scale")
+        .header("X-Request-Id", "bad id with spaces")
         .send()
         .await
         .unwrap();
@@ -94,6 +96,13 @@ async fn identity_headers_are_set_and_client_copies_removed() {
     assert_eq!(seen.header("x-api-key-id"), vec!["key_pro"]);
     assert_eq!(seen.header("x-api-plan"), vec!["pro"]);
     assert_eq!(seen.header("authorization"), vec![format!("Bearer {PRO}")]);
+    let ids = seen.header("x-request-id");
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(
+        ids[0].len(),
+        32,
+        "the invalid client id was replaced: {ids:?}"
+    );
 }
 
 #[tokio::test]
