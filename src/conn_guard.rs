@@ -43,9 +43,6 @@ const IDLE: u8 = 0;
 const HEADER: u8 = 1;
 const REQUEST: u8 = 2;
 
-/// Pingora's own default keep-alive for a new HTTP/1 session; ours is enforced by the stream.
-const PINGORA_KEEPALIVE_SECS: u64 = 60;
-
 /// Instants as nanoseconds since a process-wide origin, so they fit in an atomic.
 fn origin() -> Instant {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
@@ -62,19 +59,19 @@ fn instant_at(nanos: u64) -> Instant {
 
 /// The two deadlines a connection lives under, and where their expiries are counted.
 #[derive(Clone)]
-pub struct Timeouts {
+pub(crate) struct Timeouts {
     /// From a request's first byte to its complete header.
-    pub header: Duration,
+    pub(crate) header: Duration,
     /// Idle before the first request and between requests.
-    pub idle: Duration,
+    pub(crate) idle: Duration,
     /// Counts connections closed for a slow header.
-    pub header_expired: IntCounter,
+    pub(crate) header_expired: IntCounter,
     /// Counts connections closed for idleness.
-    pub idle_expired: IntCounter,
+    pub(crate) idle_expired: IntCounter,
 }
 
 /// A client connection with a header deadline and an idle timeout.
-pub struct GuardedStream {
+pub(crate) struct GuardedStream {
     inner: Stream,
     timeouts: Timeouts,
     /// `IDLE`, `HEADER` or `REQUEST`. Written by reads and by the proxy.
@@ -87,7 +84,7 @@ pub struct GuardedStream {
 
 impl GuardedStream {
     /// Wraps a freshly accepted connection; it starts idle.
-    pub fn new(inner: Stream, timeouts: Timeouts) -> Self {
+    pub(crate) fn new(inner: Stream, timeouts: Timeouts) -> Self {
         GuardedStream {
             inner,
             timeouts,
@@ -103,7 +100,8 @@ impl GuardedStream {
     }
 
     /// The header has been parsed: returns when its first byte arrived, and lifts the header
-    /// deadline. `None` when the header was already buffered (a pipelined request).
+    /// deadline. `None` if no read started this request (defensive: Pingora 0.9 closes a
+    /// connection whose buffer holds a pipelined request instead of serving it).
     fn begin_request(&self) -> Option<Instant> {
         let was = self.phase.swap(REQUEST, Ordering::Relaxed);
         (was == HEADER).then(|| instant_at(self.since.load(Ordering::Relaxed)))
@@ -278,34 +276,39 @@ fn guarded(stream: &Stream) -> Option<&GuardedStream> {
 
 /// Marks the request on `session` as having its header, lifting the header deadline. Returns
 /// when the request's first byte arrived, when known.
-pub fn begin_request(session: &pingora::proxy::Session) -> Option<Instant> {
+pub(crate) fn begin_request(session: &pingora::proxy::Session) -> Option<Instant> {
     session.stream().and_then(guarded)?.begin_request()
 }
 
 /// Serves HTTP/1 connections through `inner` (the proxy), each wrapped in a [`GuardedStream`].
-/// HTTP/2 connections go to `inner` as they are.
-pub struct GuardedApp<A> {
+/// HTTP/2 connections (only possible if h2 is ever offered over ALPN; it is not today) go to
+/// `inner` as they are, without these timeouts.
+pub(crate) struct GuardedApp<A> {
     inner: Arc<A>,
     shared: Arc<Shared>,
+    header_expired: IntCounter,
+    idle_expired: IntCounter,
 }
 
 impl<A> GuardedApp<A> {
     /// Wraps the proxy application.
-    pub fn new(inner: A, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(inner: A, shared: Arc<Shared>) -> Self {
+        let expired = &shared.metrics.client_timeouts;
         GuardedApp {
             inner: Arc::new(inner),
+            header_expired: expired.with_label_values(&["header"]),
+            idle_expired: expired.with_label_values(&["idle"]),
             shared,
         }
     }
 
     fn timeouts(&self) -> Timeouts {
         let server = &self.shared.config.load().server;
-        let expired = &self.shared.metrics.client_timeouts;
         Timeouts {
             header: server.header_timeout,
             idle: server.idle_timeout,
-            header_expired: expired.with_label_values(&["header"]),
-            idle_expired: expired.with_label_values(&["idle"]),
+            header_expired: self.header_expired.clone(),
+            idle_expired: self.idle_expired.clone(),
         }
     }
 }
@@ -325,9 +328,13 @@ where
         }
         // The HTTP/1 loop of Pingora's own `ServerApp` for `HttpServerApp`, with the stream
         // wrapped and set idle between requests.
-        let stream: Stream = Box::new(GuardedStream::new(stream, self.timeouts()));
+        let timeouts = self.timeouts();
+        // Pingora's own per-read keep-alive timeout (60 s in its loop) stays just behind ours,
+        // so the idle timeout is the one that fires and is counted.
+        let keepalive_secs = timeouts.idle.as_secs() + 1;
+        let stream: Stream = Box::new(GuardedStream::new(stream, timeouts));
         let mut session = ServerSession::new_http1(stream);
-        let keepalive = (!*shutdown.borrow()).then_some(PINGORA_KEEPALIVE_SECS);
+        let keepalive = (!*shutdown.borrow()).then_some(keepalive_secs);
         session.set_keepalive(keepalive);
         session.set_keepalive_reuses_remaining(
             self.inner

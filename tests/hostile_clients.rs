@@ -106,8 +106,14 @@ fn a_client_dribbling_its_header_is_cut_off_while_others_are_served() {
             Err(e) if e.kind() == ErrorKind::ConnectionReset => break true,
             Err(_) => {} // still open: the read timed out
         }
-        if !served_meanwhile {
-            served_meanwhile = blocking_status(&gw.url("/api/v1/items")) == Some(401);
+        if !served_meanwhile && blocking_status(&gw.url("/api/v1/items")) == Some(401) {
+            // Served while the slow client is still connected (its read only times out).
+            match slow.read(&mut byte) {
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    served_meanwhile = true;
+                }
+                other => panic!("slow client closed before another was served: {other:?}"),
+            }
         }
     };
     assert!(closed);
@@ -140,12 +146,13 @@ fn an_idle_connection_is_closed_after_the_idle_timeout() {
     let up = Upstream::start();
     let gw = gateway(&up, "idle_timeout_ms = 1000");
 
-    // Kept alive while it is used within the timeout.
+    // Kept alive while it is used within the timeout: four requests 400 ms apart span longer
+    // than the timeout, so the idle clock must restart after each response.
     let mut s = connect(&gw);
-    for _ in 0..3 {
+    for _ in 0..4 {
         s.write_all(request("/api/v1/items").as_bytes()).unwrap();
         assert_eq!(read_response(&mut s), 200);
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(400));
     }
     // Then closed, quietly, once idle.
     let rest = wait_closed(&mut s, Duration::from_secs(15));
@@ -157,7 +164,7 @@ fn an_idle_connection_is_closed_after_the_idle_timeout() {
     assert!(rest.is_empty());
 
     assert_eq!(client_timeouts(&gw, "idle"), 2.0);
-    assert_eq!(up.total(), 3);
+    assert_eq!(up.total(), 4);
     assert_eq!(blocking_status(&gw.url("/api/v1/items")), Some(401));
 }
 
@@ -210,4 +217,19 @@ fn a_declared_body_over_max_body_bytes_gets_413_before_it_is_sent() {
     assert_eq!(read_response(&mut s), 413);
     assert_eq!(up.total(), 0, "nothing went upstream");
     assert_eq!(blocking_status(&gw.url("/api/v1/items")), Some(401));
+}
+
+#[test]
+fn sigterm_closes_idle_keep_alive_connections_and_the_gateway_exits() {
+    let up = Upstream::start();
+    let mut gw = gateway(&up, "");
+    let mut s = connect(&gw);
+    s.write_all(request("/api/v1/items").as_bytes()).unwrap();
+    assert_eq!(read_response(&mut s), 200);
+    // The connection now waits idle for its next request (idle timeout: 60 s).
+    gw.signal("TERM");
+    let rest = wait_closed(&mut s, Duration::from_secs(10));
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    let status = gw.wait_exit(Duration::from_secs(15)).expect("exited after SIGTERM");
+    assert!(status.success(), "{status}");
 }

@@ -226,7 +226,22 @@ fn client_timeouts_default_and_are_bounded() {
     );
     refused_with(&with("idle_timeout_ms = 0"), &["server.idle_timeout_ms"]);
     refused_with(
-        &with("idle_timeout_ms = 60001"),
-        &["server.idle_timeout_ms", "60000"],
+        &with("idle_timeout_ms = 3600001"),
+        &["server.idle_timeout_ms", "3600000"],
     );
+    refused_with(
+        &with("header_timeout_ms = 3600001"),
+        &["server.header_timeout_ms"],
+    );
+    assert!(check(&with("idle_timeout_ms = 120000")).is_ok());
+}
+
+#[test]
+fn a_limit_name_that_cannot_be_quoted_in_headers_is_refused() {
+    for bad in ["per minute", "a\\\"b", "back\\\\slash", "caf\u{e9}"] {
+        let plan = format!(
+            "[[plans]]\nname = \"pro\"\nlimits = [ {{ name = \"{bad}\", max = 1, window = 60 }} ]\n"
+        );
+        refused_with(&base(&plan, ""), &["\"pro\"", "limit name"]);
+    }
 }
