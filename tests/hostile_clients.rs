@@ -230,6 +230,8 @@ fn sigterm_closes_idle_keep_alive_connections_and_the_gateway_exits() {
     gw.signal("TERM");
     let rest = wait_closed(&mut s, Duration::from_secs(10));
     assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
-    let status = gw.wait_exit(Duration::from_secs(15)).expect("exited after SIGTERM");
+    let status = gw
+        .wait_exit(Duration::from_secs(15))
+        .expect("exited after SIGTERM");
     assert!(status.success(), "{status}");
 }
