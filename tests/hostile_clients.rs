@@ -183,9 +183,11 @@ fn latency_ms_counts_from_the_first_byte_of_the_request() {
     let lines = gw.wait_log_lines(1);
     assert_eq!(lines.len(), 1);
     let latency = lines[0]["latency_ms"].as_f64().expect("latency_ms");
+    // Counted from the header's end it would be a few ms. The gateway sees the first bytes a
+    // little after they were sent (scheduling), so the bound sits well below the 400 ms gap.
     assert!(
-        latency >= 400.0,
-        "latency_ms {latency} leaves out the time the header took to arrive"
+        latency >= 300.0,
+        "latency_ms {latency} leaves out the 400 ms the header took to arrive"
     );
 }
 
