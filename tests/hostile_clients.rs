@@ -83,7 +83,8 @@ fn client_timeouts(gw: &Gateway, kind: &str) -> f64 {
 #[test]
 fn a_client_dribbling_its_header_is_cut_off_while_others_are_served() {
     let up = Upstream::start();
-    let gw = gateway(&up, "header_timeout_ms = 300");
+    // 1 s leaves room for another client to be served while the slow one is still connected.
+    let gw = gateway(&up, "header_timeout_ms = 1000");
     let mut slow = connect(&gw);
     slow.write_all(b"GET /api/v1/items HTTP/1.1\r\nHost: x\r\n")
         .unwrap();
