@@ -39,6 +39,9 @@ use tokio::time::Sleep;
 
 use crate::state::Shared;
 
+/// Ends the error a header timeout returns; `diagnostics` recognises Pingora's echo of it.
+pub(crate) const HEADER_TIMEOUT_MARK: &str = "(server.header_timeout_ms)";
+
 const IDLE: u8 = 0;
 const HEADER: u8 = 1;
 const REQUEST: u8 = 2;
@@ -135,7 +138,7 @@ impl GuardedStream {
         Poll::Ready(Err(io::Error::new(
             io::ErrorKind::TimedOut,
             format!(
-                "request header incomplete after {} ms (server.header_timeout_ms)",
+                "request header incomplete after {} ms {HEADER_TIMEOUT_MARK}",
                 self.timeouts.header.as_millis()
             ),
         )))

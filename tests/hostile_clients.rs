@@ -124,6 +124,11 @@ fn a_client_dribbling_its_header_is_cut_off_while_others_are_served() {
     );
     assert_eq!(client_timeouts(&gw, "header"), 1.0);
     assert_eq!(up.total(), 0, "nothing of the slow request went upstream");
+    assert!(
+        !gw.stderr().contains("header_timeout_ms"),
+        "the metric counts it; stderr gets no line per slow client: {}",
+        gw.stderr()
+    );
     assert_eq!(blocking_status(&gw.url("/api/v1/items")), Some(401));
 }
 
