@@ -3,9 +3,13 @@
 //! We serve our own `Registry` from the admin listener rather than Pingora's default one, so a
 //! `prometheus` version mismatch with Pingora can never make metrics silently disappear.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 /// Buckets from 0.5 ms to 10 s: an edge proxy adds well under a millisecond, upstreams take more.
@@ -15,6 +19,8 @@ const LATENCY_BUCKETS_SECS: &[f64] = &[
 
 /// Every metric the gateway exports.
 pub struct Metrics {
+    /// Tells this instance's cached handles from another's (tests build several).
+    id: u64,
     registry: Registry,
     /// `termsgate_requests_total{plan,route,status}`.
     pub requests: IntCounterVec,
@@ -66,8 +72,10 @@ fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -
 impl Metrics {
     /// Creates and registers every metric, with the fixed label values pre-set to zero.
     pub fn new() -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let r = Registry::new();
         let m = Metrics {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             requests: counter_vec(
                 &r,
                 "termsgate_requests_total",
@@ -210,6 +218,32 @@ impl Metrics {
         self.config_last_reload_success.set(now);
     }
 
+    /// Counts one finished request: `termsgate_requests_total`, its duration and, when it was
+    /// proxied, the upstream's time to the response header.
+    ///
+    /// `with_label_values` hashes the labels with SipHash and takes the metric family's lock on
+    /// every call; each worker thread keeps the handles it has resolved instead, so the request
+    /// path takes no lock here.
+    pub fn observe_request(
+        &self,
+        labels: RequestLabels<'_>,
+        duration_secs: f64,
+        upstream_secs: Option<f64>,
+    ) {
+        thread_local! {
+            static HANDLES: RefCell<HandleCache> = RefCell::new(HandleCache::default());
+        }
+        HANDLES.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let handles = cache.get(self, labels);
+            handles.requests.inc();
+            handles.duration.observe(duration_secs);
+            if let Some(secs) = upstream_secs {
+                handles.upstream.observe(secs);
+            }
+        });
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);
@@ -221,8 +255,139 @@ impl Metrics {
     }
 }
 
+/// The labels of one finished request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestLabels<'a> {
+    /// Plan name, or `none`.
+    pub plan: &'a str,
+    /// Route name, or `other`.
+    pub route: &'a str,
+    /// Status code label.
+    pub status: &'static str,
+}
+
+/// The metric handles for one set of request labels.
+struct Handles {
+    metrics_id: u64,
+    plan: Box<str>,
+    route: Box<str>,
+    status: &'static str,
+    requests: IntCounter,
+    duration: Histogram,
+    upstream: Histogram,
+}
+
+/// One worker thread's resolved handles, by a hash of (metrics instance, labels). Bounded: it
+/// starts over past `MAX_ENTRIES` (only reloads that rename plans or routes could get there).
+#[derive(Default)]
+struct HandleCache {
+    hasher: ahash::RandomState,
+    entries: HashMap<u64, Handles, ahash::RandomState>,
+}
+
+const MAX_ENTRIES: usize = 4096;
+
+impl HandleCache {
+    fn get(&mut self, metrics: &Metrics, labels: RequestLabels<'_>) -> &Handles {
+        let key = self.hasher.hash_one((metrics.id, labels));
+        let hit = self.entries.get(&key).is_some_and(|h| {
+            h.metrics_id == metrics.id
+                && *h.plan == *labels.plan
+                && *h.route == *labels.route
+                && h.status == labels.status
+        });
+        if !hit {
+            if self.entries.len() >= MAX_ENTRIES {
+                self.entries.clear();
+            }
+            // A hash collision replaces the other entry: correct, only slower.
+            self.entries.insert(key, Handles::resolve(metrics, labels));
+        }
+        &self.entries[&key]
+    }
+}
+
+impl Handles {
+    fn resolve(m: &Metrics, l: RequestLabels<'_>) -> Self {
+        Handles {
+            metrics_id: m.id,
+            plan: l.plan.into(),
+            route: l.route.into(),
+            status: l.status,
+            requests: m.requests.with_label_values(&[l.plan, l.route, l.status]),
+            duration: m.request_duration.with_label_values(&[l.plan, l.route]),
+            upstream: m.upstream_duration.with_label_values(&[l.route]),
+        }
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(plan: &'static str, status: &'static str) -> RequestLabels<'static> {
+        RequestLabels {
+            plan,
+            route: "spawn",
+            status,
+        }
+    }
+
+    #[test]
+    fn observed_requests_land_in_their_own_series_and_instance() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        for _ in 0..3 {
+            a.observe_request(labels("free", "201"), 0.002, Some(0.001));
+        }
+        a.observe_request(labels("free", "429"), 0.001, None);
+        b.observe_request(labels("free", "201"), 0.002, None);
+        let count = |m: &Metrics, plan, status| {
+            m.requests.with_label_values(&[plan, "spawn", status]).get()
+        };
+        assert_eq!(count(&a, "free", "201"), 3);
+        assert_eq!(count(&a, "free", "429"), 1);
+        assert_eq!(
+            count(&b, "free", "201"),
+            1,
+            "instances do not share cached handles"
+        );
+        assert_eq!(
+            a.request_duration
+                .with_label_values(&["free", "spawn"])
+                .get_sample_count(),
+            4
+        );
+        assert_eq!(
+            a.upstream_duration
+                .with_label_values(&["spawn"])
+                .get_sample_count(),
+            3
+        );
+    }
+
+    #[test]
+    fn the_handle_cache_stays_correct_past_its_bound() {
+        let m = Metrics::new();
+        let plans: Vec<&'static str> = (0..MAX_ENTRIES + 10)
+            .map(|i| &*Box::leak(format!("p{i}").into_boxed_str()))
+            .collect();
+        for plan in &plans {
+            m.observe_request(labels(plan, "200"), 0.001, None);
+        }
+        m.observe_request(labels(plans[0], "200"), 0.001, None);
+        assert_eq!(
+            m.requests.with_label_values(&["p0", "spawn", "200"]).get(),
+            2
+        );
+        assert_eq!(
+            m.requests.with_label_values(&["p5", "spawn", "200"]).get(),
+            1
+        );
     }
 }

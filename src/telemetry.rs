@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use crate::access_log::AccessRecord;
 use crate::context::RequestCtx;
+use crate::metrics::RequestLabels;
 use crate::state::Shared;
 
 /// Status logged when the client left before any answer was written (nginx's convention).
@@ -22,19 +23,16 @@ pub fn record(shared: &Shared, session: &Session, ctx: &RequestCtx) {
     let route = ctx.config.route_label(ctx.route_mask);
     let plan = ctx.plan_name();
 
-    let m = &shared.metrics;
-    let plan_label = plan.unwrap_or("none");
-    m.requests
-        .with_label_values(&[plan_label, route, status_label(status)])
-        .inc();
-    m.request_duration
-        .with_label_values(&[plan_label, route])
-        .observe(latency.as_secs_f64());
-    if let Some(ms) = ctx.upstream_ms {
-        m.upstream_duration
-            .with_label_values(&[route])
-            .observe(ms / 1000.0);
-    }
+    let labels = RequestLabels {
+        plan: plan.unwrap_or("none"),
+        route,
+        status: status_label(status),
+    };
+    shared.metrics.observe_request(
+        labels,
+        latency.as_secs_f64(),
+        ctx.upstream_ms.map(|ms| ms / 1000.0),
+    );
 
     shared.access_log.log(&AccessRecord {
         ts: SystemTime::now(),
