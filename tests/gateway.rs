@@ -238,17 +238,27 @@ async fn upstream_responses_pass_through_with_keep_alive() {
     }
 }
 
-#[tokio::test]
-async fn sigterm_lets_in_flight_requests_finish_then_exits() {
-    let up = Upstream::start();
-    let mut gw = gateway(&up, "");
-    let url = gw.url("/slow/1500");
+/// Starts a request the upstream answers after `ms` milliseconds, and returns once the upstream
+/// has it (at most 5 s), so a signal sent next finds it in flight.
+async fn slow_request_in_flight(
+    gw: &Gateway,
+    up: &Upstream,
+    ms: u64,
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    let url = gw.url(&format!("/slow/{ms}"));
     let inflight = tokio::spawn(async move { client().get(url).bearer_auth(FREE).send().await });
-    // Wait until the slow request has reached the upstream, then ask the gateway to stop.
     let deadline = Instant::now() + Duration::from_secs(5);
     while up.total() == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    inflight
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish_then_exits() {
+    let up = Upstream::start();
+    let mut gw = gateway(&up, "");
+    let inflight = slow_request_in_flight(&gw, &up, 1500).await;
     gw.signal("TERM");
     let resp = inflight
         .await
@@ -323,12 +333,7 @@ async fn an_upstream_that_answers_garbage_gives_500_internal_error() {
 async fn sigint_exits_at_once_even_during_a_sigterm_drain() {
     let up = Upstream::start();
     let mut gw = gateway(&up, "");
-    let url = gw.url("/slow/5000");
-    let _inflight = tokio::spawn(async move { client().get(url).bearer_auth(FREE).send().await });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while up.total() == 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let _inflight = slow_request_in_flight(&gw, &up, 5000).await;
     gw.signal("TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let asked = Instant::now();
