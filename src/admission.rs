@@ -8,6 +8,7 @@ use crate::client_ip;
 use crate::conn_guard;
 use crate::context::RequestCtx;
 use crate::error::{GatewayError, RateLimitRefusal};
+use crate::header_map::X_REQUEST_ID;
 use crate::limiter::backend::Verdict;
 use crate::limiter::{retry_after_secs, Decision};
 use crate::request_id;
@@ -23,7 +24,7 @@ pub async fn admit(
         ctx.started = first_byte;
     }
     let req = session.req_header();
-    ctx.request_id = request_id::assign(req.headers.get("x-request-id").map(|v| v.as_bytes()));
+    ctx.request_id = request_id::assign(req.headers.get(&X_REQUEST_ID).map(|v| v.as_bytes()));
     let peer = session
         .client_addr()
         .and_then(|a| a.as_inet())
@@ -64,7 +65,7 @@ pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 /// Size of the request line and headers as sent, near enough.
 fn header_bytes(req: &pingora::http::RequestHeader) -> usize {
-    let line = req.method.as_str().len() + req.uri.to_string().len() + 12;
+    let line = req.method.as_str().len() + req.raw_path().len() + 12;
     req.headers
         .iter()
         .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)

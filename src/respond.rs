@@ -2,18 +2,22 @@
 
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
+use pingora::{ErrorType, OrErr};
 
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
+use crate::header_map::{self, X_REQUEST_ID};
 use crate::ratelimit_headers;
 
 /// Adds `X-Request-Id` (replacing the upstream's) and, when limits matched, the RateLimit headers.
 pub fn decorate(header: &mut ResponseHeader, ctx: &RequestCtx) -> pingora::Result<()> {
-    header.insert_header("X-Request-Id", ctx.request_id.as_str())?;
-    if let Some(limits) = &ctx.limits {
-        ratelimit_headers::apply(header, limits, &ctx.statuses)?;
-    }
-    Ok(())
+    let request_id = header_map::value(ctx.request_id.as_bytes())?;
+    let limits = ctx.limits.as_deref().unwrap_or_default();
+    header_map::edit_response(header, 1 + ratelimit_headers::COUNT, |headers| {
+        headers.insert(X_REQUEST_ID, request_id);
+        ratelimit_headers::apply(headers, limits, &ctx.statuses)
+    })?
+    .or_err(ErrorType::InvalidHTTPHeader, "invalid RateLimit header")
 }
 
 /// Answers the request with `err` in the API's envelope.

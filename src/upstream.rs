@@ -1,6 +1,7 @@
 //! The way to the upstream: the peer for a request, the headers it receives, and what a
 //! failure on the way means for the client.
 
+use http::header::AUTHORIZATION;
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
@@ -8,6 +9,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 use crate::config::ServerSettings;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
+use crate::header_map::{self, X_API_KEY_ID, X_API_PLAN, X_REQUEST_ID};
 
 /// The upstream peer, with the current config's address and timeouts.
 pub fn peer(server: &ServerSettings) -> Box<HttpPeer> {
@@ -29,22 +31,32 @@ pub fn peer(server: &ServerSettings) -> Box<HttpPeer> {
 
 /// Sets the identity and request id headers the upstream sees; the client's copies go first.
 pub fn prepare_request(req: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Result<()> {
-    if ctx.config.server.strip_authorization {
-        req.remove_header("authorization");
-    }
-    // `insert_header` replaces every copy the client sent.
-    req.insert_header("X-Request-Id", ctx.request_id.as_str())?;
-    match &ctx.key {
-        Some(key) => {
-            req.insert_header("X-Api-Key-Id", &*key.id)?;
-            req.insert_header("X-Api-Plan", &*key.plan.name)?;
+    let request_id = header_map::value(ctx.request_id.as_bytes())?;
+    let identity = match &ctx.key {
+        Some(key) => Some((
+            header_map::value(key.id.as_bytes())?,
+            header_map::value(key.plan.name.as_bytes())?,
+        )),
+        None => None,
+    };
+    let strip_authorization = ctx.config.server.strip_authorization;
+    header_map::edit_request(req, 3, |headers| {
+        if strip_authorization {
+            headers.remove(AUTHORIZATION);
         }
-        None => {
-            req.remove_header("x-api-key-id");
-            req.remove_header("x-api-plan");
+        // `insert` replaces every copy the client sent.
+        headers.insert(X_REQUEST_ID, request_id);
+        match identity {
+            Some((key_id, plan)) => {
+                headers.insert(X_API_KEY_ID, key_id);
+                headers.insert(X_API_PLAN, plan);
+            }
+            None => {
+                headers.remove(X_API_KEY_ID);
+                headers.remove(X_API_PLAN);
+            }
         }
-    }
-    Ok(())
+    })
 }
 
 /// Records a proxying failure (metric and a diagnostic line without secrets) and returns the
