@@ -144,11 +144,12 @@ async fn apply_limits(
     ctx: &mut RequestCtx,
     key: &crate::config::ApiKey,
 ) -> Result<(), GatewayError> {
-    let limits = key.plan.limits_for(ctx.route_mask);
-    if limits.is_empty() {
+    let set = key.plan.limits_for(ctx.route_mask);
+    if set.specs.is_empty() {
         return Ok(());
     }
-    ctx.limits = Some(limits.clone());
+    let limits = set.specs.clone();
+    ctx.limits = Some(set);
     let verdict = shared
         .limiter
         .check(&key.id, &limits, &ctx.config.limiter)

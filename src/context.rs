@@ -4,9 +4,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::{ApiKey, Config};
+use crate::config::{ApiKey, Config, LimitSet};
 use crate::error::GatewayError;
-use crate::limiter::{LimitSpec, LimitStatus};
+use crate::limiter::LimitStatus;
 use crate::state::InflightGuard;
 
 /// What one request has learnt so far. Holds the config snapshot it started with, so every
@@ -25,7 +25,7 @@ pub struct RequestCtx {
     /// Routes the request matched (bit per route).
     pub route_mask: u64,
     /// Limits that matched, and their state after this request.
-    pub limits: Option<Arc<[LimitSpec]>>,
+    pub limits: Option<LimitSet>,
     /// One status per matched limit.
     pub statuses: Vec<LimitStatus>,
     /// Name of the limit that refused the request.

@@ -8,6 +8,7 @@
 use http::header::InvalidHeaderValue;
 use http::{HeaderMap, HeaderValue};
 
+use crate::config::LimitSet;
 use crate::header_map::{
     RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
 };
@@ -44,18 +45,11 @@ fn push_item(out: &mut String, name: &str, (k1, v1): (&str, u64), (k2, v2): (&st
     out.push_str(num.format(v2));
 }
 
-/// Adds the rate limit headers for `limits` (in config order) and their `statuses`.
-pub fn apply(
-    headers: &mut HeaderMap,
-    limits: &[LimitSpec],
-    statuses: &[LimitStatus],
-) -> Result<(), InvalidHeaderValue> {
-    if limits.is_empty() || limits.len() != statuses.len() {
-        return Ok(());
-    }
+/// The `RateLimit-Policy` value for `limits`: it depends only on the config, so it is built
+/// once per limit set (`config::LimitSet`), not per request.
+pub fn policy(limits: &[LimitSpec]) -> HeaderValue {
     let mut policy = String::with_capacity(64 * limits.len());
-    let mut state = String::with_capacity(48 * limits.len());
-    for (spec, status) in limits.iter().zip(statuses) {
+    for spec in limits {
         let max = u64::from(spec.max);
         push_item(
             &mut policy,
@@ -63,6 +57,23 @@ pub fn apply(
             ("q", max),
             ("w", spec.window_ms / 1000),
         );
+    }
+    HeaderValue::try_from(policy)
+        .expect("limit names are printable ASCII without quotes (config validation)")
+}
+
+/// Adds the rate limit headers for `limits` and their `statuses` (one per limit, in order).
+pub fn apply(
+    headers: &mut HeaderMap,
+    limits: &LimitSet,
+    statuses: &[LimitStatus],
+) -> Result<(), InvalidHeaderValue> {
+    let specs = &limits.specs[..];
+    if specs.is_empty() || specs.len() != statuses.len() {
+        return Ok(());
+    }
+    let mut state = String::with_capacity(48 * specs.len());
+    for (spec, status) in specs.iter().zip(statuses) {
         let remaining = u64::from(status.remaining);
         push_item(
             &mut state,
@@ -71,11 +82,11 @@ pub fn apply(
             ("t", wait_secs(status)),
         );
     }
-    let tightest = limits
+    let tightest = specs
         .iter()
         .zip(statuses)
         .min_by_key(|(spec, status)| (status.remaining, u64::MAX - wait_secs(status), spec.max));
-    headers.insert(RATELIMIT_POLICY, HeaderValue::try_from(policy)?);
+    headers.insert(RATELIMIT_POLICY, limits.policy.clone());
     headers.insert(RATELIMIT, HeaderValue::try_from(state)?);
     if let Some((spec, status)) = tightest {
         headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(spec.max));
@@ -115,7 +126,7 @@ mod tests {
             },
         ];
         let mut h = HeaderMap::new();
-        apply(&mut h, &limits, &statuses).expect("apply");
+        apply(&mut h, &LimitSet::new(limits.into()), &statuses).expect("apply");
         assert_eq!(h.len(), COUNT);
         let get = |n: &str| h.get(n).expect(n).to_str().expect("ascii").to_string();
         assert_eq!(
@@ -134,7 +145,7 @@ mod tests {
     #[test]
     fn no_limits_no_headers() {
         let mut h = HeaderMap::new();
-        apply(&mut h, &[], &[]).expect("apply");
+        apply(&mut h, &LimitSet::new(Arc::from([])), &[]).expect("apply");
         assert!(h.is_empty());
     }
 }

@@ -12,10 +12,12 @@ use crate::ratelimit_headers;
 /// Adds `X-Request-Id` (replacing the upstream's) and, when limits matched, the RateLimit headers.
 pub fn decorate(header: &mut ResponseHeader, ctx: &RequestCtx) -> pingora::Result<()> {
     let request_id = header_map::value(ctx.request_id.as_bytes())?;
-    let limits = ctx.limits.as_deref().unwrap_or_default();
     header_map::edit_response(header, 1 + ratelimit_headers::COUNT, |headers| {
         headers.insert(X_REQUEST_ID, request_id);
-        ratelimit_headers::apply(headers, limits, &ctx.statuses)
+        match &ctx.limits {
+            Some(limits) => ratelimit_headers::apply(headers, limits, &ctx.statuses),
+            None => Ok(()),
+        }
     })?
     .or_err(ErrorType::InvalidHTTPHeader, "invalid RateLimit header")
 }

@@ -10,10 +10,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Method;
+use http::{HeaderValue, Method};
 use ipnet::IpNet;
 
 use crate::limiter::LimitSpec;
+use crate::ratelimit_headers;
 
 /// SHA-256 of a bearer token.
 pub type KeyHash = [u8; 32];
@@ -146,25 +147,45 @@ pub struct Plan {
     /// All limits, in file order.
     pub limits: Vec<Limit>,
     /// `by_route[r]`: the limits a request matching only route `r` is subject to.
-    pub by_route: Vec<Arc<[LimitSpec]>>,
+    pub by_route: Vec<LimitSet>,
     /// The limits of a request that matches no route (those without a route).
-    pub unrouted: Arc<[LimitSpec]>,
+    pub unrouted: LimitSet,
 }
 
 impl Plan {
     /// The limits that apply to a request, given which routes it matched (a bit per route).
-    pub fn limits_for(&self, route_mask: u64) -> Arc<[LimitSpec]> {
+    pub fn limits_for(&self, route_mask: u64) -> LimitSet {
         if route_mask == 0 {
             return self.unrouted.clone();
         }
         if route_mask.is_power_of_two() {
             return self.by_route[route_mask.trailing_zeros() as usize].clone();
         }
-        self.limits
-            .iter()
-            .filter(|l| l.route.is_none_or(|r| route_mask & (1 << r) != 0))
-            .map(|l| l.spec.clone())
-            .collect()
+        LimitSet::new(
+            self.limits
+                .iter()
+                .filter(|l| l.route.is_none_or(|r| route_mask & (1 << r) != 0))
+                .map(|l| l.spec.clone())
+                .collect(),
+        )
+    }
+}
+
+/// Limits that apply to a request together, in config order, with their `RateLimit-Policy`
+/// value, which depends only on the limits and so is built once per config, not per request.
+#[derive(Debug, Clone)]
+pub struct LimitSet {
+    /// The limits.
+    pub specs: Arc<[LimitSpec]>,
+    /// `RateLimit-Policy` for them.
+    pub policy: HeaderValue,
+}
+
+impl LimitSet {
+    /// The set of `specs`, with its policy header.
+    pub fn new(specs: Arc<[LimitSpec]>) -> Self {
+        let policy = ratelimit_headers::policy(&specs);
+        LimitSet { specs, policy }
     }
 }
 

@@ -55,8 +55,8 @@ fn a_good_config_loads() {
     assert_eq!(cfg.plans.len(), 1);
     assert_eq!(cfg.keys.len(), 1);
     let plan = &cfg.plans["free"];
-    assert_eq!(plan.by_route[0].len(), 2);
-    assert!(plan.unrouted.is_empty());
+    assert_eq!(plan.by_route[0].specs.len(), 2);
+    assert!(plan.unrouted.specs.is_empty());
 }
 
 #[test]
@@ -190,7 +190,7 @@ fn routes_match_exactly_or_by_prefix() {
     assert_eq!(cfg.route_mask(&get, "/api/v1/agentsx"), 0);
     assert_eq!(cfg.route_label(0b10), "agents");
     assert_eq!(cfg.route_label(0), "other");
-    assert_eq!(cfg.plans["free"].limits_for(0b11).len(), 2);
+    assert_eq!(cfg.plans["free"].limits_for(0b11).specs.len(), 2);
 }
 
 #[test]

@@ -17,8 +17,8 @@ use super::file::{
     RouteFile, ServerFile,
 };
 use super::model::{
-    AbuseSettings, ApiKey, Backend, Config, KeyHash, Limit, LimiterSettings, OnBackendError,
-    PathMatch, Plan, Route, ServerSettings, Sources, TlsFiles,
+    AbuseSettings, ApiKey, Backend, Config, KeyHash, Limit, LimitSet, LimiterSettings,
+    OnBackendError, PathMatch, Plan, Route, ServerSettings, Sources, TlsFiles,
 };
 use super::window::parse_window;
 use super::ConfigError;
@@ -282,12 +282,14 @@ fn plan(p: PlanFile, routes: &[Route], at: &str) -> Result<Plan, ConfigError> {
         limits.push(Limit { spec, route });
     }
     let applies = |l: &Limit, r: Option<usize>| l.route.is_none() || l.route == r;
-    let collect = |r: Option<usize>| -> Arc<[LimitSpec]> {
-        limits
-            .iter()
-            .filter(|l| applies(l, r))
-            .map(|l| l.spec.clone())
-            .collect()
+    let collect = |r: Option<usize>| {
+        LimitSet::new(
+            limits
+                .iter()
+                .filter(|l| applies(l, r))
+                .map(|l| l.spec.clone())
+                .collect(),
+        )
     };
     let by_route = (0..routes.len()).map(|r| collect(Some(r))).collect();
     let unrouted = collect(None);
