@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora::http::ResponseHeader;
+use pingora::{ErrorType, OrErr};
 use serde_json::{json, Map, Value};
 
 use crate::auth::AuthError;
@@ -147,18 +149,26 @@ impl GatewayError {
 
     /// Status line, headers and body of the answer.
     pub fn response(&self) -> pingora::Result<(ResponseHeader, Bytes)> {
+        use http::header::{
+            CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+        };
         let body = self.body();
-        let mut header = ResponseHeader::build(self.status(), Some(6))?;
-        header.insert_header("Content-Type", "application/json")?;
-        header.insert_header("Content-Length", body.len().to_string())?;
-        header.insert_header("Cache-Control", "no-store")?;
+        // Built as plain `http` parts, as `header_map` edits them: no case-preserving map to
+        // fill, and `respond::decorate` would drop one anyway.
+        let mut parts = http::Response::new(()).into_parts().0;
+        parts.status = http::StatusCode::from_u16(self.status())
+            .or_err(ErrorType::InternalError, "gateway error status")?;
+        let headers = &mut parts.headers;
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if matches!(self, GatewayError::InvalidApiKey(_)) {
-            header.insert_header("WWW-Authenticate", "Bearer")?;
+            headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if let Some(secs) = self.retry_after_secs() {
-            header.insert_header("Retry-After", secs.to_string())?;
+            headers.insert(RETRY_AFTER, HeaderValue::from(secs));
         }
-        Ok((header, body))
+        Ok((ResponseHeader::from(parts), body))
     }
 }
 

@@ -12,7 +12,7 @@
 //! `Date`, `Server`, ...). Header names are case-insensitive (RFC 9110 §5.1), HTTP/2 requires
 //! lower case, and Envoy forwards HTTP/1 headers in lower case too. What `Parts` cannot hold is
 //! carried across: a non-standard reason phrase, a request-target the URI does not reproduce
-//! (absolute-form), and the HTTP/2 end-of-stream flag.
+//! (absolute-form, or not UTF-8), and the HTTP/2 end-of-stream flag.
 
 use http::header::{HeaderMap, HeaderName};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -46,13 +46,13 @@ pub fn edit_response<R>(
         .filter(|reason| Some(*reason) != header.status.canonical_reason())
         .map(str::to_owned);
     let mut parts: http::response::Parts = std::mem::replace(header, empty_response()).into();
-    reserve(&mut parts.headers, additional)?;
-    let out = edit(&mut parts.headers);
+    // On failure the header still goes back, unedited apart from its case.
+    let out = reserve(&mut parts.headers, additional).map(|()| edit(&mut parts.headers));
     *header = ResponseHeader::from(parts);
     if reason.is_some() {
         header.set_reason_phrase(reason.as_deref())?;
     }
-    Ok(out)
+    out
 }
 
 /// Runs `edit` on the headers of `header`, with room for `additional` more reserved first.
@@ -61,7 +61,9 @@ pub fn edit_request<R>(
     additional: usize,
     edit: impl FnOnce(&mut HeaderMap) -> R,
 ) -> pingora::Result<R> {
-    // `Parts` keeps only the URI: keep a target it does not reproduce (absolute-form).
+    // `Parts` keeps only the URI: keep a target it does not reproduce (absolute-form, or not
+    // UTF-8). An authority-only URI (HTTP/2 CONNECT) would not survive, but Pingora answers
+    // CONNECT with 405 unless `allow_connect_method_proxying` is set, and termsgate never sets it.
     let from_uri = header
         .uri
         .path_and_query()
@@ -69,8 +71,8 @@ pub fn edit_request<R>(
     let raw_target = (header.raw_path() != from_uri).then(|| header.raw_path().to_vec());
     let end_stream = header.send_end_stream();
     let mut parts: http::request::Parts = std::mem::replace(header, empty_request()).into();
-    reserve(&mut parts.headers, additional)?;
-    let out = edit(&mut parts.headers);
+    // On failure the header still goes back, unedited apart from its case.
+    let out = reserve(&mut parts.headers, additional).map(|()| edit(&mut parts.headers));
     *header = RequestHeader::from(parts);
     if let Some(target) = raw_target {
         header.set_raw_path(&target)?;
@@ -78,7 +80,7 @@ pub fn edit_request<R>(
     if let Some(end_stream) = end_stream {
         header.set_send_end_stream(end_stream);
     }
-    Ok(out)
+    out
 }
 
 fn reserve(headers: &mut HeaderMap, additional: usize) -> pingora::Result<()> {
@@ -97,7 +99,8 @@ fn empty_request() -> RequestHeader {
     RequestHeader::from(http::Request::new(()).into_parts().0)
 }
 
-/// A header value from bytes already known to be valid (visible ASCII: ids and numbers).
+/// A header value from `bytes` (request ids, key ids and plan names, all checked before they
+/// get here); an error rather than a panic should a control character slip through.
 pub fn value(bytes: &[u8]) -> pingora::Result<http::HeaderValue> {
     http::HeaderValue::from_bytes(bytes)
         .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "invalid header value"))
@@ -184,7 +187,7 @@ mod tests {
     }
 
     #[test]
-    fn values_must_be_visible_ascii() {
+    fn values_with_control_characters_are_an_error() {
         assert!(value(b"abc-123").is_ok());
         assert!(value(b"bad\r\nvalue").is_err());
     }

@@ -46,7 +46,8 @@ fn push_item(out: &mut String, name: &str, (k1, v1): (&str, u64), (k2, v2): (&st
 }
 
 /// The `RateLimit-Policy` value for `limits`: it depends only on the config, so it is built
-/// once per limit set (`config::LimitSet`), not per request.
+/// once per limit set (`config::LimitSet`) at load; only a request matching several routes at
+/// once has its set built, and this called, per request.
 pub fn policy(limits: &[LimitSpec]) -> HeaderValue {
     let mut policy = String::with_capacity(64 * limits.len());
     for spec in limits {

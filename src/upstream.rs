@@ -1,7 +1,7 @@
 //! The way to the upstream: the peer for a request, the headers it receives, and what a
 //! failure on the way means for the client.
 
-use http::header::AUTHORIZATION;
+use http::header::{HeaderMap, HeaderName, AUTHORIZATION};
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
@@ -44,6 +44,9 @@ pub fn prepare_request(req: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Re
         if strip_authorization {
             headers.remove(AUTHORIZATION);
         }
+        for name in lookalikes(headers) {
+            headers.remove(name);
+        }
         // `insert` replaces every copy the client sent.
         headers.insert(X_REQUEST_ID, request_id);
         match identity {
@@ -57,6 +60,30 @@ pub fn prepare_request(req: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Re
             }
         }
     })
+}
+
+/// Client headers that would pass for the gateway's identity headers at an upstream that
+/// treats `_` as `-` (CGI, WSGI and Rack turn both `X_Api_Plan` and `X-Api-Plan` into
+/// `HTTP_X_API_PLAN`). nginx drops such headers by default for the same reason.
+fn lookalikes(headers: &HeaderMap) -> Vec<HeaderName> {
+    let passes_for = |name: &HeaderName, ours: &HeaderName| {
+        name.as_str().len() == ours.as_str().len()
+            && name
+                .as_str()
+                .bytes()
+                .zip(ours.as_str().bytes())
+                .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+    };
+    headers
+        .keys()
+        .filter(|name| name.as_str().contains('_'))
+        .filter(|name| {
+            [X_REQUEST_ID, X_API_KEY_ID, X_API_PLAN]
+                .iter()
+                .any(|ours| passes_for(name, ours))
+        })
+        .cloned()
+        .collect()
 }
 
 /// Records a proxying failure (metric and a diagnostic line without secrets) and returns the

@@ -88,6 +88,11 @@ async fn identity_headers_are_set_and_client_copies_removed() {
         .header("x-api-key-id", "a_second_copy")
         .header("X-Api-Plan", "scale")
         .header("X-Request-Id", "bad id with spaces")
+        // Lookalikes, for upstreams that read `_` as `-` (CGI, WSGI, Rack).
+        .header("X_Api_Plan", "scale")
+        .header("x_api-key_id", "someone_else")
+        .header("X_Request_Id", "chosen-by-client")
+        .header("X_Api_Plans", "not a lookalike")
         .send()
         .await
         .unwrap();
@@ -95,6 +100,13 @@ async fn identity_headers_are_set_and_client_copies_removed() {
     let seen = up.last().expect("upstream saw the request");
     assert_eq!(seen.header("x-api-key-id"), vec!["key_pro"]);
     assert_eq!(seen.header("x-api-plan"), vec!["pro"]);
+    for lookalike in ["x_api_plan", "x_api-key_id", "x_request_id"] {
+        assert!(
+            seen.header(lookalike).is_empty(),
+            "{lookalike} reached the upstream"
+        );
+    }
+    assert_eq!(seen.header("x_api_plans"), vec!["not a lookalike"]);
     assert_eq!(seen.header("authorization"), vec![format!("Bearer {PRO}")]);
     let ids = seen.header("x-request-id");
     assert_eq!(ids.len(), 1, "{ids:?}");
@@ -416,6 +428,35 @@ async fn a_chunked_body_is_checked_whole_before_anything_goes_upstream() {
         1,
         "the upstream saw nothing of the oversized body"
     );
+}
+
+#[test]
+fn the_request_target_reaches_the_upstream_unchanged() {
+    use std::io::{Read, Write};
+    let up = Upstream::start();
+    let gw = gateway(&up, "");
+    for (sent, want) in [
+        (
+            "/api/v1/agents?limit=5&cursor=a%20b&x=%E2%9C%93",
+            "/api/v1/agents?limit=5&cursor=a%20b&x=%E2%9C%93",
+        ),
+        // Absolute-form: the upstream gets the same path and query.
+        ("http://127.0.0.1/api/v1/agents?q=1", "/api/v1/agents?q=1"),
+    ] {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET {sent} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {PRO}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 200"), "{sent}: {text}");
+        let seen = up.last().expect("upstream saw the request");
+        assert_eq!(seen.target, want, "{sent}");
+    }
 }
 
 #[test]

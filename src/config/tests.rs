@@ -245,3 +245,13 @@ fn a_limit_name_that_cannot_be_quoted_in_headers_is_refused() {
         refused_with(&base(&plan, ""), &["\"pro\"", "limit name"]);
     }
 }
+
+#[test]
+fn a_plan_name_that_cannot_be_a_header_value_is_refused() {
+    for bad in ["line\\nbreak", "nul\\u0000", "del\\u007f"] {
+        let plan = format!("[[plans]]\nname = \"{bad}\"\n");
+        refused_with(&base(&plan, ""), &["plans[1]", "X-Api-Plan"]);
+    }
+    let fine = "[[plans]]\nname = \"Entreprise \u{e9}t\u{e9}\"\n";
+    assert!(check(&base(fine, "")).is_ok());
+}

@@ -232,6 +232,11 @@ fn plans(
         if p.name.is_empty() {
             return Err(invalid(format!("{at}: name is empty")));
         }
+        if p.name.chars().any(char::is_control) {
+            return Err(invalid(format!(
+                "{at}: a plan name goes to the upstream in X-Api-Plan: no control characters"
+            )));
+        }
         let plan = plan(p, routes, &at)?;
         if out.insert(plan.name.clone(), Arc::new(plan)).is_some() {
             return Err(invalid(format!("{at}: duplicate plan name")));

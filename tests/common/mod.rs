@@ -28,6 +28,8 @@ pub const PRO: &str = "tg_test_pro_00112233445566778899";
 pub struct Seen {
     pub method: String,
     pub path: String,
+    /// Path and query, as the upstream received them.
+    pub target: String,
     pub headers: Vec<(String, String)>,
     pub body_len: usize,
 }
@@ -131,6 +133,10 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| path.clone(), |pq| pq.as_str().to_string());
     let headers = req
         .headers()
         .iter()
@@ -150,6 +156,7 @@ async fn handle(
     seen.lock().expect("lock").push(Seen {
         method: method.clone(),
         path: path.clone(),
+        target,
         headers,
         body_len: body.len(),
     });
