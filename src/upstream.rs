@@ -23,10 +23,24 @@ pub fn peer(server: &ServerSettings) -> Box<HttpPeer> {
     peer.options.total_connection_timeout = timeout;
     peer.options.read_timeout = timeout;
     peer.options.write_timeout = timeout;
+    peer.group_key = worker_pool_key();
     // No idle_timeout: with one, Pingora 0.9's pool often fails to take a connection back from
     // its idle watcher and opens a new one (thousands of "failed to acquire reusable stream"
     // under load). Idle connections are still closed when the upstream closes them.
     Box::new(peer)
+}
+
+/// The keep-alive pool group of this worker thread: each worker reuses only the upstream
+/// connections it opened, which its own I/O driver watches, so no request waits on a wake-up
+/// from another thread.
+fn worker_pool_key() -> u64 {
+    thread_local! {
+        static KEY: u64 = {
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        };
+    }
+    KEY.with(|k| *k)
 }
 
 /// Sets the identity and request id headers the upstream sees; the client's copies go first.
