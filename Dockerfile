@@ -6,6 +6,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
 COPY examples ./examples
+COPY vendor ./vendor
 RUN cargo build --release --locked --bin termsgate
 
 FROM debian:bookworm-slim

@@ -24,9 +24,9 @@ pub fn peer(server: &ServerSettings) -> Box<HttpPeer> {
     peer.options.read_timeout = timeout;
     peer.options.write_timeout = timeout;
     peer.group_key = worker_pool_key();
-    // No idle_timeout: with one, Pingora 0.9's pool often fails to take a connection back from
-    // its idle watcher and opens a new one (thousands of "failed to acquire reusable stream"
-    // under load). Idle connections are still closed when the upstream closes them.
+    // No idle_timeout: an idle pooled connection is closed when the upstream closes it (the
+    // pool's watcher sees the end of stream). Before vendor/pingora-core's patch, an idle
+    // timeout made Pingora's pool fail to take connections back under load.
     Box::new(peer)
 }
 
@@ -146,5 +146,18 @@ pub fn classify(e: &Error) -> (Option<GatewayError>, Option<&'static str>) {
             ErrorSource::Upstream => (Some(GatewayError::Internal), Some("other")),
             _ => (Some(GatewayError::Internal), None),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_worker_thread_has_its_own_pool_group() {
+        let here = worker_pool_key();
+        assert_eq!(worker_pool_key(), here, "stable within a thread");
+        let there = std::thread::spawn(worker_pool_key).join().unwrap();
+        assert_ne!(there, here);
     }
 }

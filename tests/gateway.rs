@@ -250,6 +250,39 @@ async fn upstream_responses_pass_through_with_keep_alive() {
     }
 }
 
+#[tokio::test]
+async fn upstream_connections_are_reused_from_the_keep_alive_pool() {
+    let up = Upstream::start();
+    // Two worker threads, each with its own pool group: at most one connection each.
+    let addr = up.addr;
+    let gw = Gateway::start_with_env(
+        move |p, a| jettson_config(p, a, addr, ""),
+        &[("TERMSGATE_THREADS", "2")],
+    );
+    let c = client();
+    for _ in 0..40 {
+        let r = c.get(gw.url("/x")).bearer_auth(PRO).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // A second client connection may land on the other worker.
+    let other = client();
+    for _ in 0..40 {
+        let r = other
+            .get(gw.url("/x"))
+            .bearer_auth(PRO)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(up.count("GET", "/x"), 80);
+    let opened = up.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&opened),
+        "80 sequential requests opened {opened} upstream connections"
+    );
+}
+
 /// Starts a request the upstream answers after `ms` milliseconds, and returns once the upstream
 /// has it (at most 5 s), so a signal sent next finds it in flight.
 async fn slow_request_in_flight(

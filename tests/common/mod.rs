@@ -49,6 +49,8 @@ impl Seen {
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// TCP connections accepted so far.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -57,6 +59,8 @@ impl Upstream {
     pub fn start() -> Self {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let seen2 = seen.clone();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let connections2 = connections.clone();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         std::thread::spawn(move || {
@@ -77,6 +81,7 @@ impl Upstream {
                         let Ok((stream, _)) = listener.accept().await else {
                             continue;
                         };
+                        connections2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         let seen = seen2.clone();
                         tokio::spawn(async move {
                             let svc = service_fn(move |req| handle(req, seen.clone()));
@@ -97,6 +102,7 @@ impl Upstream {
         Upstream {
             addr,
             seen,
+            connections,
             stop: Some(stop_tx),
         }
     }
