@@ -12,6 +12,7 @@
 #   RATE_SECONDS [10] length of each fixed-rate oha run
 #   KEEP=1            keep the scratch directory (configs, logs, raw outputs)
 #   INSTALL_OHA=0     do not build oha when it is missing (skip the fixed-rate section)
+#   PER_REQUEST=1     also print CPU time and system calls per request of each target (strace)
 #
 # Writes benches/load/results.md and benches/load/results.svg.
 set -euo pipefail
@@ -26,6 +27,7 @@ WORKERS=${WORKERS:-$(nproc)}
 RATE_SECONDS=${RATE_SECONDS:-10}
 KEEP=${KEEP:-}
 INSTALL_OHA=${INSTALL_OHA:-1}
+PER_REQUEST=${PER_REQUEST:-}
 
 # The one API key of the benchmark (a fixed test value, not a secret).
 TOKEN=tg_bench_0123456789abcdef0123456789abcdef
@@ -57,6 +59,7 @@ apt_need wrk wrk
 apt_need curl curl
 apt_need python3 python3
 apt_need cmake cmake # pingora's libz-ng-sys needs it on a fresh machine
+[ -n "$PER_REQUEST" ] && apt_need strace strace
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 # oha corrects for coordinated omission at a fixed rate; it comes from crates.io and is built
@@ -222,6 +225,44 @@ for ((r = 1; r <= ROUNDS; r++)); do
     done
     log "$line req/s"
 done
+
+# ---------------------------------------------------------------------------------------------
+# CPU time and system calls per request (PER_REQUEST=1; docs/performance.md)
+# ---------------------------------------------------------------------------------------------
+# cpu_ticks PID...: user and system clock ticks used so far by these processes, summed.
+cpu_ticks() {
+    local p
+    for p in "$@"; do awk '{print $14, $15}' "/proc/$p/stat"; done |
+        awk '{u += $1; s += $2} END {print u + 0, s + 0}'
+}
+if [ -n "$PER_REQUEST" ]; then
+    HZ=$(getconf CLK_TCK)
+    for t in "${TARGETS[@]}"; do
+        # The process and its children: nginx-terms' work is done by its worker processes.
+        read -r -a pids <<<"${PID[$t]} $(pgrep -P "${PID[$t]}" | tr '\n' ' ')"
+        read -r u0 s0 < <(cpu_ticks "${pids[@]}")
+        run_wrk "$t" 4s "$WORKDIR/cpu-$t.txt"
+        read -r u1 s1 < <(cpu_ticks "${pids[@]}")
+        n=$(awk '/requests in/ {print $1}' "$WORKDIR/cpu-$t.txt")
+        log "$(awk -v t="$t" -v n="$n" -v hz="$HZ" -v du=$((u1 - u0)) -v ds=$((s1 - s0)) 'BEGIN {
+            f = 1e6 / hz / n
+            printf "%-12s CPU per request: user %.1f us, system %.1f us, total %.1f us", t, du * f, ds * f, (du + ds) * f }')"
+        # System calls of every thread while oha sends 4,000 requests on 8 connections.
+        [ -n "$OHA" ] || continue
+        strace_args=()
+        for p in "${pids[@]}"; do strace_args+=(-p "$p"); done
+        strace -f -c -o "$WORKDIR/strace-$t.txt" "${strace_args[@]}" 2>/dev/null &
+        strace_pid=$!
+        sleep 1
+        "$OHA" --no-tui -n 4000 -c 8 -H "Authorization: Bearer $TOKEN" "$(url "$t")" >/dev/null
+        sleep 0.5
+        kill -INT "$strace_pid" 2>/dev/null || true
+        wait "$strace_pid" 2>/dev/null || true
+        log "$(awk -v t="$t" '$NF != "total" && $4 ~ /^[0-9]+$/ && $4 >= 40 {
+            line = line sprintf(" %s %.2f", $NF, $4 / 4000) } END {
+            printf "%-12s system calls per request:%s", t, line }' "$WORKDIR/strace-$t.txt")"
+    done
+fi
 
 # The median of bare's req/s sets the fixed rate: about half of its throughput.
 BARE_MEDIAN=$(cat "$WORKDIR"/wrk/bare.*.txt | awk '/^Requests\/sec/ {print $2}' | sort -n |

@@ -80,6 +80,7 @@ use crate::protocols::{l4::socket::SocketAddr, tls::TlsRef, Stream};
 use crate::server::ListenFds;
 
 use async_trait::async_trait;
+// termsgate patch: AcceptError and OrErr, for the error of `register_with_current_runtime`.
 use pingora_error::{ErrorType::AcceptError, OrErr, Result};
 use std::{any::Any, fs::Permissions, sync::Arc};
 
@@ -294,6 +295,8 @@ impl TransportStack {
         let stream = self.l4.accept().await?;
         Ok(UninitializedStream {
             l4: stream,
+            // termsgate patch
+            accepted_on: std::thread::current().id(),
             tls: self.tls.clone(),
             l4_buffer: self.l4_buffer,
             pre_tls_callback: self.pre_tls_callback.clone(),
@@ -307,6 +310,9 @@ impl TransportStack {
 
 pub(crate) struct UninitializedStream {
     l4: L4Stream,
+    /// termsgate patch: the thread whose runtime accepted the connection, and whose I/O driver
+    /// its socket is registered with.
+    accepted_on: std::thread::ThreadId,
     tls: Option<Arc<Acceptor>>,
     l4_buffer: L4BufferSettings,
     pre_tls_callback: Option<PreTlsCallback>,
@@ -314,10 +320,17 @@ pub(crate) struct UninitializedStream {
 
 impl UninitializedStream {
     pub async fn handshake(mut self) -> Result<Stream> {
-        // termsgate patch: this runs on the worker that will serve the connection.
-        self.l4
-            .register_with_current_runtime()
-            .or_err(AcceptError, "moving the connection to its worker's I/O driver")?;
+        // termsgate patch: this runs on the worker that will serve the connection. With one
+        // runtime per worker (work_stealing: false), a connection handed to another worker
+        // moves its socket to that worker's I/O driver.
+        let single_threaded = tokio::runtime::Handle::try_current().is_ok_and(|h| {
+            h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
+        });
+        if single_threaded && std::thread::current().id() != self.accepted_on {
+            self.l4
+                .register_with_current_runtime()
+                .or_err(AcceptError, "moving the connection to its worker's I/O driver")?;
+        }
         self.l4.set_buffer(self.l4_buffer);
         if let Some(tls) = self.tls {
             // Process pre-TLS data if a callback is configured (e.g., PROXY protocol)

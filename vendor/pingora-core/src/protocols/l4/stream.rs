@@ -682,15 +682,14 @@ impl virt::VirtualSocket for Moved {
 
 impl Stream {
     /// termsgate patch: registers a TCP connection with the I/O driver of the runtime this is
-    /// called on. A listener accepts on its own runtime and hands each connection to a random
-    /// worker (`pingora_runtime::current_handle()`); left registered with the listener's driver,
-    /// every readiness event of the connection would wake the listener's thread, which would
-    /// then have to wake the worker's. The file descriptor keeps its number, so the socket
-    /// digest stays valid. Any buffered data is lost: call it before the first read.
+    /// called on (which must exist). A listener accepts on its own runtime and hands each
+    /// connection to a random worker (`pingora_runtime::current_handle()`); left registered
+    /// with the listener's driver, every readiness event of the connection would wake the
+    /// listener's thread, which would then have to wake the worker's. The file descriptor
+    /// keeps its number, so the socket digest stays valid. Call it before the stream is first
+    /// polled: wakers registered with the old driver are not carried over. Unix sockets are
+    /// left where they are.
     pub(crate) fn register_with_current_runtime(&mut self) -> io::Result<()> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Ok(());
-        }
         let raw = self.stream_mut().get_mut();
         if !matches!(raw.stream, RawStream::Tcp(_)) {
             return Ok(());
