@@ -194,7 +194,45 @@ def write_svg(path, wrk, oha, rate, meta):
 # ------------------------------------------------------------------------------------------------
 # Markdown and summary
 # ------------------------------------------------------------------------------------------------
-def write_md(path, wrk, oha, rate, meta, log_lines, dropped):
+def per_request_info(workdir):
+    """run.sh's per_request.txt: {target: {"cpu": (user, sys, total), "syscalls": "name n ..."}}."""
+    path = os.path.join(workdir, "per_request.txt")
+    info = {}
+    if not os.path.exists(path):
+        return info
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            fields = line.rstrip("\n").split("\t")
+            if len(fields) >= 3 and fields[1] == "cpu":
+                info.setdefault(fields[0], {})["cpu"] = tuple(float(v) for v in fields[2:5])
+            elif len(fields) >= 3 and fields[1] == "syscalls":
+                info.setdefault(fields[0], {})["syscalls"] = fields[2]
+    return info
+
+
+def per_request_md(info):
+    if not info:
+        return []
+    out = [
+        "",
+        "CPU time per request (all threads or worker processes of the target, from `/proc`, "
+        "around a 4 s `wrk -t1 -c32` run) and system calls per request (`strace -f -c` around "
+        "4,000 requests from `oha -c 8`; calls under 0.01 per request left out):",
+        "",
+        "| target | user µs | system µs | total µs | system calls per request |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    for t in TARGETS:
+        i = info.get(t, {})
+        cpu = i.get("cpu")
+        cells = [f"{v:.1f}" for v in cpu] if cpu else ["?", "?", "?"]
+        words = i.get("syscalls", "").split()
+        calls = ", ".join(f"`{n}` {v}" for n, v in zip(words[::2], words[1::2])) or "not measured"
+        out.append(f"| {t} | {' | '.join(cells)} | {calls} |")
+    return out
+
+
+def write_md(path, wrk, oha, rate, meta, log_lines, dropped, per_request):
     bare, terms, gate = wrk["bare"], wrk["nginx-terms"], wrk["termsgate"]
     out = [
         "# termsgate load benchmark: results",
@@ -251,6 +289,7 @@ def write_md(path, wrk, oha, rate, meta, log_lines, dropped):
         out.append("Target: termsgate's p99 added over bare ≤ 100 µs.")
     else:
         out.append("Fixed-rate latency: not measured (oha could not be installed).")
+    out += per_request_md(per_request)
     out += [
         "",
         f"termsgate's access log held {log_lines:,} lines at the end of the run"
@@ -302,7 +341,8 @@ def main():
 
     wrk, oha = collect(args.workdir)
     log_lines, dropped = access_log_info(args.workdir)
-    write_md(args.md, wrk, oha, args.rate, meta, log_lines, dropped)
+    per_request = per_request_info(args.workdir)
+    write_md(args.md, wrk, oha, args.rate, meta, log_lines, dropped, per_request)
     write_svg(args.svg, wrk, oha, args.rate, meta)
     print_summary(wrk, oha, args.rate)
     print(f"\nwrote {args.md} and {args.svg}")

@@ -12,7 +12,7 @@
 #   RATE_SECONDS [10] length of each fixed-rate oha run
 #   KEEP=1            keep the scratch directory (configs, logs, raw outputs)
 #   INSTALL_OHA=0     do not build oha when it is missing (skip the fixed-rate section)
-#   PER_REQUEST=1     also print CPU time and system calls per request of each target (strace)
+#   PER_REQUEST=0     skip measuring CPU time and system calls per request of each target
 #
 # Writes benches/load/results.md and benches/load/results.svg.
 set -euo pipefail
@@ -27,7 +27,7 @@ WORKERS=${WORKERS:-$(nproc)}
 RATE_SECONDS=${RATE_SECONDS:-10}
 KEEP=${KEEP:-}
 INSTALL_OHA=${INSTALL_OHA:-1}
-PER_REQUEST=${PER_REQUEST:-}
+PER_REQUEST=${PER_REQUEST:-1}
 
 # The one API key of the benchmark (a fixed test value, not a secret).
 TOKEN=tg_bench_0123456789abcdef0123456789abcdef
@@ -59,7 +59,7 @@ apt_need wrk wrk
 apt_need curl curl
 apt_need python3 python3
 apt_need cmake cmake # pingora's libz-ng-sys needs it on a fresh machine
-[ -n "$PER_REQUEST" ] && apt_need strace strace
+[ "$PER_REQUEST" = 1 ] && apt_need strace strace
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 # oha corrects for coordinated omission at a fixed rate; it comes from crates.io and is built
@@ -227,7 +227,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 
 # ---------------------------------------------------------------------------------------------
-# CPU time and system calls per request (PER_REQUEST=1; docs/performance.md)
+# CPU time and system calls per request (unless PER_REQUEST=0; docs/performance.md)
 # ---------------------------------------------------------------------------------------------
 # cpu_ticks PID...: user and system clock ticks used so far by these processes, summed.
 cpu_ticks() {
@@ -235,8 +235,9 @@ cpu_ticks() {
     for p in "$@"; do awk '{print $14, $15}' "/proc/$p/stat"; done |
         awk '{u += $1; s += $2} END {print u + 0, s + 0}'
 }
-if [ -n "$PER_REQUEST" ]; then
+if [ "$PER_REQUEST" = 1 ]; then
     HZ=$(getconf CLK_TCK)
+    PER_REQUEST_OUT=$WORKDIR/per_request.txt
     for t in "${TARGETS[@]}"; do
         # The process and its children: nginx-terms' work is done by its worker processes.
         read -r -a pids <<<"${PID[$t]} $(pgrep -P "${PID[$t]}" | tr '\n' ' ')"
@@ -244,9 +245,11 @@ if [ -n "$PER_REQUEST" ]; then
         run_wrk "$t" 4s "$WORKDIR/cpu-$t.txt"
         read -r u1 s1 < <(cpu_ticks "${pids[@]}")
         n=$(awk '/requests in/ {print $1}' "$WORKDIR/cpu-$t.txt")
-        log "$(awk -v t="$t" -v n="$n" -v hz="$HZ" -v du=$((u1 - u0)) -v ds=$((s1 - s0)) 'BEGIN {
+        cpu_line=$(awk -v t="$t" -v n="$n" -v hz="$HZ" -v du=$((u1 - u0)) -v ds=$((s1 - s0)) 'BEGIN {
             f = 1e6 / hz / n
-            printf "%-12s CPU per request: user %.1f us, system %.1f us, total %.1f us", t, du * f, ds * f, (du + ds) * f }')"
+            printf "%s\tcpu\t%.1f\t%.1f\t%.1f", t, du * f, ds * f, (du + ds) * f }')
+        printf '%s\n' "$cpu_line" >>"$PER_REQUEST_OUT"
+        log "$t: CPU per request (user, system, total µs): $(cut -f3- <<<"$cpu_line" | tr '\t' ' ')"
         # System calls of every thread while oha sends 4,000 requests on 8 connections.
         [ -n "$OHA" ] || continue
         strace_args=()
@@ -258,9 +261,11 @@ if [ -n "$PER_REQUEST" ]; then
         sleep 0.5
         kill -INT "$strace_pid" 2>/dev/null || true
         wait "$strace_pid" 2>/dev/null || true
-        log "$(awk -v t="$t" '$NF != "total" && $4 ~ /^[0-9]+$/ && $4 >= 40 {
+        sys_line=$(awk -v t="$t" '$NF != "total" && $4 ~ /^[0-9]+$/ && $4 >= 40 {
             line = line sprintf(" %s %.2f", $NF, $4 / 4000) } END {
-            printf "%-12s system calls per request:%s", t, line }' "$WORKDIR/strace-$t.txt")"
+            printf "%s\tsyscalls\t%s", t, substr(line, 2) }' "$WORKDIR/strace-$t.txt")
+        printf '%s\n' "$sys_line" >>"$PER_REQUEST_OUT"
+        log "$t: system calls per request: $(cut -f3 <<<"$sys_line")"
     done
 fi
 
