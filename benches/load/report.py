@@ -60,6 +60,10 @@ def parse_oha(path):
         "p999": pct["p99.9"] * 1e6,
         "ok": codes.get("200", 0),
         "total": sum(codes.values()) + sum(data.get("errorDistribution", {}).values()),
+        "not_ok": {
+            **{f"status {c}": n for c, n in codes.items() if c != "200"},
+            **data.get("errorDistribution", {}),
+        },
     }
 
 
@@ -286,6 +290,14 @@ def write_md(path, wrk, oha, rate, meta, log_lines, dropped, per_request):
                 f"| {add99} | {add999} | {o['ok']:,} / {o['total']:,} |"
             )
         out.append("")
+        not_ok = [
+            f"{t}: " + ", ".join(f"{n} × {kind}" for kind, n in oha[t]["not_ok"].items())
+            for t in TARGETS
+            if oha[t] and oha[t]["not_ok"]
+        ]
+        if not_ok:
+            out.append("Requests without a 200 (oha): " + "; ".join(not_ok) + ".")
+            out.append("")
         out.append("Target: termsgate's p99 added over bare ≤ 100 µs.")
     else:
         out.append("Fixed-rate latency: not measured (oha could not be installed).")
