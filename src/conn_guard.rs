@@ -123,11 +123,20 @@ impl GuardedStream {
         let timer = self
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if timer.deadline() != deadline {
+        // The deadline moves later with every request. The timer is moved only when the
+        // deadline comes earlier; a timer that fires early is re-armed, so a busy connection
+        // touches the timer wheel about once per idle period, not once per request.
+        if timer.deadline() > deadline {
             timer.as_mut().reset(deadline);
         }
-        if timer.as_mut().poll(cx).is_pending() {
-            return Poll::Pending;
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            timer.as_mut().reset(deadline);
         }
         if phase == IDLE {
             // End of stream: Pingora closes a connection with no request on it quietly.
