@@ -259,21 +259,12 @@ async fn upstream_connections_are_reused_from_the_keep_alive_pool() {
         move |p, a| jettson_config(p, a, addr, ""),
         &[("TERMSGATE_THREADS", "2")],
     );
-    let c = client();
-    for _ in 0..40 {
-        let r = c.get(gw.url("/x")).bearer_auth(PRO).send().await.unwrap();
-        assert_eq!(r.status(), 200);
-    }
-    // A second client connection may land on the other worker.
-    let other = client();
-    for _ in 0..40 {
-        let r = other
-            .get(gw.url("/x"))
-            .bearer_auth(PRO)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+    // Two client connections, one after the other: the second may land on the other worker.
+    for c in [client(), client()] {
+        for _ in 0..40 {
+            let r = c.get(gw.url("/x")).bearer_auth(PRO).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+        }
     }
     assert_eq!(up.count("GET", "/x"), 80);
     let opened = up.connections.load(std::sync::atomic::Ordering::SeqCst);
