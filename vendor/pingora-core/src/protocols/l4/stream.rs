@@ -695,11 +695,12 @@ impl Stream {
             return Ok(());
         }
         let placeholder = RawStream::Virtual(virt::VirtualSocketStream::new(Box::new(Moved)));
-        let RawStream::Tcp(tcp) = std::mem::replace(&mut raw.stream, placeholder) else {
-            unreachable!("checked to be TCP above")
-        };
-        let moved = tcp.into_std().and_then(TcpStream::from_std)?;
-        raw.stream = RawStream::Tcp(moved);
+        match std::mem::replace(&mut raw.stream, placeholder) {
+            RawStream::Tcp(tcp) => {
+                raw.stream = RawStream::Tcp(tcp.into_std().and_then(TcpStream::from_std)?);
+            }
+            other => raw.stream = other,
+        }
         Ok(())
     }
 }
