@@ -4,9 +4,9 @@
 //! No authentication, limits, request ids, access log or metrics: every request goes to one
 //! upstream unchanged. It runs with the same server settings as termsgate (`server_conf` in
 //! `src/server.rs`: threads from `TERMSGATE_THREADS` or one per CPU, no work stealing, the same
-//! keep-alive pool, one pool group per worker thread) and the same global allocator, and with
-//! the same patched Pingora (`vendor/README.md`), so the difference between the two is what
-//! termsgate's features cost.
+//! keep-alive pool, one pool group per worker thread: `termsgate::upstream::worker_pool_key`),
+//! the same global allocator and the same patched Pingora (`vendor/README.md`), so the
+//! difference between the two is what termsgate's features cost.
 //!
 //! ```text
 //! cargo build --release --example passthrough
@@ -36,21 +36,9 @@ impl ProxyHttp for Passthrough {
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
         let mut peer = HttpPeer::new(self.upstream, false, String::new());
-        peer.group_key = pool_key();
+        peer.group_key = termsgate::upstream::worker_pool_key();
         Ok(Box::new(peer))
     }
-}
-
-/// This worker thread's keep-alive pool group, as termsgate's `upstream::worker_pool_key`:
-/// each worker reuses only the upstream connections it opened.
-fn pool_key() -> u64 {
-    thread_local! {
-        static KEY: u64 = {
-            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        };
-    }
-    KEY.with(|k| *k)
 }
 
 /// Worker threads: `TERMSGATE_THREADS`, else one per CPU (as termsgate's `worker_threads`).

@@ -30,10 +30,11 @@ pub fn peer(server: &ServerSettings) -> Box<HttpPeer> {
     Box::new(peer)
 }
 
-/// The keep-alive pool group of this worker thread: each worker reuses only the upstream
-/// connections it opened, which its own I/O driver watches, so no request waits on a wake-up
-/// from another thread.
-fn worker_pool_key() -> u64 {
+/// The keep-alive pool group of this worker thread (`HttpPeer::group_key`): each worker reuses
+/// only the upstream connections it opened, which its own I/O driver watches, so no request
+/// waits on a wake-up from another thread (vendor/README.md). The benchmark's bare
+/// pass-through uses it too.
+pub fn worker_pool_key() -> u64 {
     thread_local! {
         static KEY: u64 = {
             static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
