@@ -214,13 +214,13 @@ def per_request_info(workdir):
     return info
 
 
-def per_request_md(info):
+def per_request_md(info, connections):
     if not info:
         return []
     out = [
         "",
         "CPU time per request (all threads or worker processes of the target, from `/proc`, "
-        "around a 4 s `wrk -t1 -c32` run) and system calls per request (`strace -f -c` around "
+        f"around a 4 s `wrk -t1 -c{connections}` run) and system calls per request (`strace -f -c` around "
         "4,000 requests from `oha -c 8`; calls under 0.01 per request left out):",
         "",
         "| target | user µs | system µs | total µs | system calls per request |",
@@ -301,7 +301,7 @@ def write_md(path, wrk, oha, rate, meta, log_lines, dropped, per_request):
         out.append("Target: termsgate's p99 added over bare ≤ 100 µs.")
     else:
         out.append("Fixed-rate latency: not measured (oha could not be installed).")
-    out += per_request_md(per_request)
+    out += per_request_md(per_request, meta.get("connections", "32"))
     out += [
         "",
         f"termsgate's access log held {log_lines:,} lines at the end of the run"

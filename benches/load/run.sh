@@ -59,7 +59,9 @@ apt_need wrk wrk
 apt_need curl curl
 apt_need python3 python3
 apt_need cmake cmake # pingora's libz-ng-sys needs it on a fresh machine
-[ "$PER_REQUEST" = 1 ] && apt_need strace strace
+if [ "$PER_REQUEST" = 1 ]; then
+    apt_need strace strace || log "strace could not be installed: no system calls per request"
+fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 # oha corrects for coordinated omission at a fixed rate; it comes from crates.io and is built
@@ -245,22 +247,31 @@ if [ "$PER_REQUEST" = 1 ]; then
         run_wrk "$t" 4s "$WORKDIR/cpu-$t.txt"
         read -r u1 s1 < <(cpu_ticks "${pids[@]}")
         n=$(awk '/requests in/ {print $1}' "$WORKDIR/cpu-$t.txt")
+        if [ -z "$n" ] || [ "$n" = 0 ]; then
+            log "$t: wrk served no requests; no CPU per request"
+            continue
+        fi
         cpu_line=$(awk -v t="$t" -v n="$n" -v hz="$HZ" -v du=$((u1 - u0)) -v ds=$((s1 - s0)) 'BEGIN {
             f = 1e6 / hz / n
             printf "%s\tcpu\t%.1f\t%.1f\t%.1f", t, du * f, ds * f, (du + ds) * f }')
         printf '%s\n' "$cpu_line" >>"$PER_REQUEST_OUT"
         log "$t: CPU per request (user, system, total µs): $(cut -f3- <<<"$cpu_line" | tr '\t' ' ')"
         # System calls of every thread while oha sends 4,000 requests on 8 connections.
-        [ -n "$OHA" ] || continue
+        [ -n "$OHA" ] && command -v strace >/dev/null 2>&1 || continue
         strace_args=()
         for p in "${pids[@]}"; do strace_args+=(-p "$p"); done
         strace -f -c -o "$WORKDIR/strace-$t.txt" "${strace_args[@]}" 2>/dev/null &
         strace_pid=$!
         sleep 1
-        "$OHA" --no-tui -n 4000 -c 8 -H "Authorization: Bearer $TOKEN" "$(url "$t")" >/dev/null
+        "$OHA" --no-tui -n 4000 -c 8 -H "Authorization: Bearer $TOKEN" "$(url "$t")" >/dev/null ||
+            log "oha failed on $t: system call counts are over fewer requests than 4,000"
         sleep 0.5
         kill -INT "$strace_pid" 2>/dev/null || true
         wait "$strace_pid" 2>/dev/null || true
+        if [ ! -s "$WORKDIR/strace-$t.txt" ]; then
+            log "$t: strace recorded nothing (is ptrace allowed here?)"
+            continue
+        fi
         sys_line=$(awk -v t="$t" '$NF != "total" && $4 ~ /^[0-9]+$/ && $4 >= 40 {
             line = line sprintf(" %s %.2f", $NF, $4 / 4000) } END {
             printf "%s\tsyscalls\t%s", t, substr(line, 2) }' "$WORKDIR/strace-$t.txt")
