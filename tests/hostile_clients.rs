@@ -148,6 +148,30 @@ fn the_header_deadline_starts_at_each_requests_first_byte_not_at_the_connection(
 }
 
 #[test]
+fn a_stalled_header_after_an_idle_wait_gets_the_header_deadline_not_the_idle_one() {
+    let up = Upstream::start();
+    let gw = gateway(&up, "header_timeout_ms = 300\nidle_timeout_ms = 20000");
+    let mut s = connect(&gw);
+    s.write_all(request("/api/v1/items").as_bytes()).unwrap();
+    assert_eq!(read_response(&mut s), 200);
+    // Idle long enough for the gateway to wait on the idle deadline (20 s away)...
+    std::thread::sleep(Duration::from_millis(200));
+    // ...then half a header: the wait must switch to the earlier header deadline.
+    s.write_all(b"GET /api/v1/items HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let rest = wait_closed(&mut s, Duration::from_secs(10));
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed after {:?}: the idle deadline, not the header one",
+        started.elapsed()
+    );
+    assert_eq!(client_timeouts(&gw, "header"), 1.0);
+    assert_eq!(client_timeouts(&gw, "idle"), 0.0);
+}
+
+#[test]
 fn an_idle_connection_is_closed_after_the_idle_timeout() {
     let up = Upstream::start();
     let gw = gateway(&up, "idle_timeout_ms = 1000");
