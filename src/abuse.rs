@@ -6,7 +6,8 @@
 //! are not tracked until the sweeper frees idle ones (they still need a valid key to get in).
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -22,6 +23,13 @@ const WINDOW: Duration = Duration::from_secs(60);
 pub struct AbuseGuard<C: Clock = MonotonicClock> {
     failures: MemoryLimiter<C>,
     blocked_until_ms: DashMap<IpAddr, u64, ahash::RandomState>,
+    /// Whether `blocked_until_ms` may hold an entry. Every request asks whether its IP is
+    /// blocked; while none is, the answer is this one flag, which only blocking and the sweeper
+    /// write, instead of a lock on a map shard that both worker threads would keep taking.
+    any_blocked: AtomicBool,
+    /// Held while an address is blocked and while the sweeper clears the flag, so that the flag
+    /// is never cleared over a block that is being added.
+    blocking: Mutex<()>,
     max_tracked_ips: usize,
 }
 
@@ -38,12 +46,17 @@ impl<C: Clock> AbuseGuard<C> {
         AbuseGuard {
             failures: MemoryLimiter::new(clock),
             blocked_until_ms: DashMap::with_hasher(ahash::RandomState::new()),
+            any_blocked: AtomicBool::new(false),
+            blocking: Mutex::new(()),
             max_tracked_ips,
         }
     }
 
     /// `Some(retry_after_secs)` when `ip` is blocked now.
     pub fn blocked(&self, ip: IpAddr) -> Option<u64> {
+        if !self.any_blocked.load(Ordering::Acquire) {
+            return None;
+        }
         let until = *self.blocked_until_ms.get(&ip)?;
         let now = self.failures.clock().now_ms();
         (now < until).then(|| retry_after_secs(until - now))
@@ -66,7 +79,9 @@ impl<C: Clock> AbuseGuard<C> {
             self.failures.check_and_charge(&key, &spec)
         {
             let until = self.failures.clock().now_ms() + retry_after_ms;
+            let _blocking = self.blocking.lock().unwrap_or_else(PoisonError::into_inner);
             self.blocked_until_ms.insert(ip, until);
+            self.any_blocked.store(true, Ordering::Release);
         }
     }
 
@@ -74,7 +89,11 @@ impl<C: Clock> AbuseGuard<C> {
     pub fn sweep(&self) {
         self.failures.sweep();
         let now = self.failures.clock().now_ms();
+        let _blocking = self.blocking.lock().unwrap_or_else(PoisonError::into_inner);
         self.blocked_until_ms.retain(|_, until| *until > now);
+        if self.blocked_until_ms.is_empty() {
+            self.any_blocked.store(false, Ordering::Release);
+        }
     }
 
     /// Addresses holding state.
@@ -112,6 +131,34 @@ mod tests {
         assert!(guard.blocked(ip(1)).is_some());
         clock.advance_ms(1);
         assert_eq!(guard.blocked(ip(1)), None);
+    }
+
+    #[test]
+    fn a_sweep_keeps_live_blocks_and_blocking_works_again_after_all_expired() {
+        let clock = FakeClock::new(0);
+        let guard = AbuseGuard::with_clock(clock.clone(), 100);
+        for _ in 0..4 {
+            guard.record_failure(ip(1), 3);
+        }
+        clock.advance_ms(30_000);
+        for _ in 0..4 {
+            guard.record_failure(ip(2), 3);
+        }
+        clock.advance_ms(30_000);
+        guard.sweep();
+        assert_eq!(guard.blocked(ip(1)), None, "ip 1's block expired");
+        assert_eq!(guard.blocked(ip(2)), Some(30), "a sweep keeps a live block");
+        clock.advance_ms(30_000);
+        guard.sweep();
+        assert_eq!(guard.blocked(ip(2)), None);
+        for _ in 0..4 {
+            guard.record_failure(ip(3), 3);
+        }
+        assert_eq!(
+            guard.blocked(ip(3)),
+            Some(60),
+            "blocking after an empty sweep"
+        );
     }
 
     #[test]

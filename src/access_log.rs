@@ -1,24 +1,32 @@
 //! The access log: one JSON object per request on standard output, written off the request path.
 //!
-//! Requests hand a finished line to a bounded channel; one writer thread drains it into a
-//! buffered stdout every 5 ms and flushes after each batch. If stdout is slower than the
-//! traffic and the buffer fills, new lines are dropped and counted in
-//! `termsgate_access_log_dropped_total`: a stuck log pipeline must never stall the gateway.
+//! Each worker thread appends its finished lines to a buffer of its own; one writer thread
+//! takes every buffer every 5 ms, writes it to stdout and flushes. A request allocates nothing
+//! for its line and touches no memory another thread writes, except that the writer takes its
+//! thread's buffer now and then. If stdout is slower than the traffic and a thread's buffer
+//! fills, new lines are dropped and counted in `termsgate_access_log_dropped_total`: a stuck
+//! log pipeline must never stall the gateway.
+//!
+//! Lines from one thread (so from one connection) keep their order. Lines that different
+//! threads wrote within the same tick are grouped by thread; each carries its own `ts`.
 
 use std::io::Write;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::IntCounter;
+use thread_local::ThreadLocal;
 
-/// Lines buffered before new ones are dropped.
+/// Lines one thread's buffer holds before new ones are dropped.
 pub const BUFFER_LINES: usize = 65_536;
 
-/// How often the writer thread drains the buffer.
+/// How often the writer thread drains the buffers.
 const WRITE_TICK: Duration = Duration::from_millis(5);
+
+/// Room a thread's buffer starts with: a tick's worth of lines at a busy rate.
+const INITIAL_BUFFER_BYTES: usize = 64 * 1024;
 
 /// One access log line. The fields are exactly the contract's; there is deliberately no field
 /// that could hold a token, a header, a query string or a body.
@@ -48,11 +56,37 @@ pub struct AccessRecord<'a> {
     pub upstream_ms: Option<f64>,
 }
 
+/// Lines a thread has written and the writer has not taken yet.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    lines: usize,
+}
+
+/// Every thread's batch, and whether the writer holds taken lines it has not flushed.
+struct Buffers {
+    per_thread: ThreadLocal<Mutex<Batch>>,
+    capacity_lines: usize,
+    writing: AtomicBool,
+}
+
+impl Buffers {
+    fn is_empty(&self) -> bool {
+        self.per_thread.iter().all(|batch| lock(batch).lines == 0)
+    }
+}
+
+/// A poisoned buffer is still a buffer: a panic elsewhere must not stop the log.
+fn lock(batch: &Mutex<Batch>) -> std::sync::MutexGuard<'_, Batch> {
+    batch.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// The handle requests log through.
 #[derive(Clone)]
 pub struct AccessLog {
-    tx: SyncSender<Vec<u8>>,
-    pending: Arc<AtomicUsize>,
+    buffers: Arc<Buffers>,
+    /// The writer thread exits, after a last write, once every handle is gone.
+    _alive: Arc<()>,
     dropped: IntCounter,
 }
 
@@ -62,69 +96,90 @@ impl AccessLog {
         Self::start(Box::new(std::io::stdout()), BUFFER_LINES, dropped)
     }
 
-    /// Starts the writer thread on any sink (tests use a slow one).
-    pub fn start(sink: Box<dyn Write + Send>, capacity: usize, dropped: IntCounter) -> Self {
-        let (tx, rx) = sync_channel(capacity);
-        let pending = Arc::new(AtomicUsize::new(0));
-        let counter = pending.clone();
+    /// Starts the writer thread on any sink (tests use a slow one); each thread buffers at
+    /// most `capacity_lines` lines.
+    pub fn start(sink: Box<dyn Write + Send>, capacity_lines: usize, dropped: IntCounter) -> Self {
+        let buffers = Arc::new(Buffers {
+            per_thread: ThreadLocal::new(),
+            capacity_lines,
+            writing: AtomicBool::new(false),
+        });
+        let alive = Arc::new(());
+        let (writer_buffers, writer_alive) = (buffers.clone(), Arc::downgrade(&alive));
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_loop(rx, sink, counter))
+            .spawn(move || write_loop(&writer_buffers, writer_alive, sink))
             .expect("spawning the access log thread at start-up");
         AccessLog {
-            tx,
-            pending,
+            buffers,
+            _alive: alive,
             dropped,
         }
     }
 
-    /// Queues one line; drops it (and counts the drop) when the buffer is full.
+    /// Appends one line to this thread's buffer; drops it (and counts the drop) when full.
     pub fn log(&self, record: &AccessRecord<'_>) {
-        let mut line = Vec::with_capacity(320);
-        record.write_json(&mut line);
-        line.push(b'\n');
-        self.pending.fetch_add(1, Ordering::Relaxed);
-        match self.tx.try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.pending.fetch_sub(1, Ordering::Relaxed);
-                self.dropped.inc();
-            }
+        let batch = self.buffers.per_thread.get_or(|| {
+            Mutex::new(Batch {
+                bytes: Vec::with_capacity(INITIAL_BUFFER_BYTES),
+                lines: 0,
+            })
+        });
+        let mut batch = lock(batch);
+        if batch.lines >= self.buffers.capacity_lines {
+            drop(batch);
+            self.dropped.inc();
+            return;
         }
+        record.write_json(&mut batch.bytes);
+        batch.bytes.push(b'\n');
+        batch.lines += 1;
     }
 
-    /// Waits, at most `timeout`, until every queued line is written (used before exiting).
+    /// Waits, at most `timeout`, until every line logged so far is written (used before
+    /// exiting).
     pub fn drain(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        while self.pending.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        while !self.is_drained() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+
+    /// Whether every line logged so far is written and flushed.
+    fn is_drained(&self) -> bool {
+        // Buffers first, then the flag: the writer raises the flag before it takes a buffer
+        // and lowers it after the flush, so lines it holds are never missed in between.
+        self.buffers.is_empty() && !self.buffers.writing.load(Ordering::SeqCst)
+    }
 }
 
-fn write_loop(rx: Receiver<Vec<u8>>, sink: Box<dyn Write + Send>, pending: Arc<AtomicUsize>) {
+fn write_loop(buffers: &Buffers, alive: Weak<()>, sink: Box<dyn Write + Send>) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
+    let mut taken = Batch::default();
     loop {
-        let mut written = 0;
-        loop {
-            match rx.try_recv() {
-                Ok(line) => {
-                    let _ = out.write_all(&line);
-                    written += 1;
-                }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    let _ = out.flush();
-                    return;
-                }
+        // Checked before the last write, so lines logged before the last handle went are in it.
+        let last = alive.strong_count() == 0;
+        buffers.writing.store(true, Ordering::SeqCst);
+        let mut wrote = false;
+        for batch in buffers.per_thread.iter() {
+            std::mem::swap(&mut *lock(batch), &mut taken);
+            if taken.lines > 0 {
+                let _ = out.write_all(&taken.bytes);
+                wrote = true;
             }
+            // The emptied batch keeps its capacity and goes to the next thread's turn.
+            taken.bytes.clear();
+            taken.lines = 0;
         }
-        if written > 0 {
+        if wrote {
             let _ = out.flush();
-            pending.fetch_sub(written, Ordering::Release);
         }
-        // Polling instead of blocking in `recv`: a parked writer would have to be woken by
-        // every request (a futex call and a context switch each), which cost more than the
+        buffers.writing.store(false, Ordering::SeqCst);
+        if last {
+            return;
+        }
+        // Polling instead of waking the writer per line: a parked writer would have to be woken
+        // by every request (a futex call and a context switch each), which cost more than the
         // rest of the log line under load. A line waits at most one tick.
         std::thread::sleep(WRITE_TICK);
     }
@@ -281,7 +336,6 @@ fn write_timestamp(out: &mut Vec<u8>, t: SystemTime) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
 
     /// A sink that blocks until released, standing for a stuck log pipeline. `entered` turns
     /// true once the writer thread is stuck in it.
@@ -343,9 +397,96 @@ mod tests {
             log.log(&record());
         }
         assert_eq!(dropped.get(), 96);
+        assert!(!log.is_drained(), "five lines are still to be written");
         drop(held);
         log.drain(Duration::from_secs(5));
-        assert_eq!(log.pending.load(Ordering::SeqCst), 0);
+        assert!(
+            log.is_drained(),
+            "every kept line written after the sink came back"
+        );
+    }
+
+    /// A sink the test can read while the writer thread owns it.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("sink").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_thread_s_lines_are_written_whole_and_in_their_order() {
+        let sink = Shared::default();
+        let dropped = IntCounter::new("d", "d").expect("counter");
+        let log = AccessLog::start(Box::new(sink.clone()), 10_000, dropped.clone());
+        let ids: Vec<Vec<String>> = (0..4)
+            .map(|t| (0..500).map(|i| format!("t{t}-{i}")).collect())
+            .collect();
+        std::thread::scope(|scope| {
+            for thread_ids in &ids {
+                let log = log.clone();
+                scope.spawn(move || {
+                    for id in thread_ids {
+                        log.log(&AccessRecord {
+                            request_id: id,
+                            ..record()
+                        });
+                    }
+                });
+            }
+        });
+        log.drain(Duration::from_secs(5));
+        assert!(log.is_drained());
+        let text = String::from_utf8(sink.0.lock().expect("sink").clone()).expect("utf8");
+        let written: Vec<String> = text
+            .lines()
+            .map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).expect("one JSON per line");
+                v["request_id"].as_str().expect("id").to_owned()
+            })
+            .collect();
+        assert_eq!(written.len(), 2_000);
+        assert_eq!(dropped.get(), 0);
+        for thread_ids in &ids {
+            let prefix = thread_ids[0].split('-').next().expect("prefix").to_owned() + "-";
+            let order: Vec<&String> = written
+                .iter()
+                .filter(|id| id.starts_with(&prefix))
+                .collect();
+            assert_eq!(order, thread_ids.iter().collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn lines_logged_before_the_last_handle_goes_are_still_written() {
+        let sink = Shared::default();
+        let log = AccessLog::start(
+            Box::new(sink.clone()),
+            10,
+            IntCounter::new("d", "d").expect("counter"),
+        );
+        let buffers = log.buffers.clone();
+        log.log(&record());
+        drop(log);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sink.0.lock().expect("sink").is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            sink.0
+                .lock()
+                .expect("sink")
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count(),
+            1
+        );
+        assert!(buffers.is_empty());
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod ratelimit_headers;
 pub mod request_id;
+pub mod request_stats;
 pub mod respond;
 pub mod server;
 pub mod state;

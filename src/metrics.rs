@@ -3,31 +3,20 @@
 //! We serve our own `Registry` from the admin listener rather than Pingora's default one, so a
 //! `prometheus` version mismatch with Pingora can never make metrics silently disappear.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
-/// Buckets from 0.5 ms to 10 s: an edge proxy adds well under a millisecond, upstreams take more.
-const LATENCY_BUCKETS_SECS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+pub use crate::request_stats::RequestLabels;
+use crate::request_stats::{RequestStats, LATENCY_BUCKETS_SECS};
 
 /// Every metric the gateway exports.
 pub struct Metrics {
-    /// Tells this instance's cached handles from another's (tests build several).
-    id: u64,
     registry: Registry,
-    /// `termsgate_requests_total{plan,route,status}`.
-    pub requests: IntCounterVec,
-    /// `termsgate_request_duration_seconds{plan,route}`.
-    pub request_duration: HistogramVec,
-    /// `termsgate_upstream_duration_seconds{route}`.
-    pub upstream_duration: HistogramVec,
+    /// `termsgate_requests_total{plan,route,status}`, `termsgate_request_duration_seconds{plan,route}`
+    /// and `termsgate_upstream_duration_seconds{route}`, counted per worker thread.
+    pub requests: RequestStats,
     /// `termsgate_rate_limited_total{plan,limit}`.
     pub rate_limited: IntCounterVec,
     /// `termsgate_auth_failures_total{reason}`.
@@ -72,28 +61,12 @@ fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -
 impl Metrics {
     /// Creates and registers every metric, with the fixed label values pre-set to zero.
     pub fn new() -> Self {
-        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let r = Registry::new();
+        let requests = RequestStats::new();
+        r.register(Box::new(requests.clone()))
+            .expect("metric registered once");
         let m = Metrics {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            requests: counter_vec(
-                &r,
-                "termsgate_requests_total",
-                "Requests answered, by plan, route and status.",
-                &["plan", "route", "status"],
-            ),
-            request_duration: histogram_vec(
-                &r,
-                "termsgate_request_duration_seconds",
-                "Time from the first request byte to the last response byte.",
-                &["plan", "route"],
-            ),
-            upstream_duration: histogram_vec(
-                &r,
-                "termsgate_upstream_duration_seconds",
-                "Time from sending the request upstream to its response header.",
-                &["route"],
-            ),
+            requests,
             rate_limited: counter_vec(
                 &r,
                 "termsgate_rate_limited_total",
@@ -220,28 +193,13 @@ impl Metrics {
 
     /// Counts one finished request: `termsgate_requests_total`, its duration and, when it was
     /// proxied, the upstream's time to the response header.
-    ///
-    /// `with_label_values` hashes the labels with SipHash and takes the metric family's lock on
-    /// every call; each worker thread keeps the handles it has resolved instead, so the request
-    /// path takes no lock here.
     pub fn observe_request(
         &self,
         labels: RequestLabels<'_>,
         duration_secs: f64,
         upstream_secs: Option<f64>,
     ) {
-        thread_local! {
-            static HANDLES: RefCell<HandleCache> = RefCell::new(HandleCache::default());
-        }
-        HANDLES.with(|cache| {
-            let mut cache = cache.borrow_mut();
-            let handles = cache.get(self, labels);
-            handles.requests.inc();
-            handles.duration.observe(duration_secs);
-            if let Some(secs) = upstream_secs {
-                handles.upstream.observe(secs);
-            }
-        });
+        self.requests.observe(labels, duration_secs, upstream_secs);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -255,72 +213,6 @@ impl Metrics {
     }
 }
 
-/// The labels of one finished request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RequestLabels<'a> {
-    /// Plan name, or `none`.
-    pub plan: &'a str,
-    /// Route name, or `other`.
-    pub route: &'a str,
-    /// Status code label.
-    pub status: &'static str,
-}
-
-/// The metric handles for one set of request labels.
-struct Handles {
-    metrics_id: u64,
-    plan: Box<str>,
-    route: Box<str>,
-    status: &'static str,
-    requests: IntCounter,
-    duration: Histogram,
-    upstream: Histogram,
-}
-
-/// One worker thread's resolved handles, by a hash of (metrics instance, labels). Bounded: it
-/// starts over past `MAX_ENTRIES` (only reloads that rename plans or routes could get there).
-#[derive(Default)]
-struct HandleCache {
-    hasher: ahash::RandomState,
-    entries: HashMap<u64, Handles, ahash::RandomState>,
-}
-
-const MAX_ENTRIES: usize = 4096;
-
-impl HandleCache {
-    fn get(&mut self, metrics: &Metrics, labels: RequestLabels<'_>) -> &Handles {
-        let key = self.hasher.hash_one((metrics.id, labels));
-        let hit = self.entries.get(&key).is_some_and(|h| {
-            h.metrics_id == metrics.id
-                && *h.plan == *labels.plan
-                && *h.route == *labels.route
-                && h.status == labels.status
-        });
-        if !hit {
-            if self.entries.len() >= MAX_ENTRIES {
-                self.entries.clear();
-            }
-            // A hash collision replaces the other entry: correct, only slower.
-            self.entries.insert(key, Handles::resolve(metrics, labels));
-        }
-        &self.entries[&key]
-    }
-}
-
-impl Handles {
-    fn resolve(m: &Metrics, l: RequestLabels<'_>) -> Self {
-        Handles {
-            metrics_id: m.id,
-            plan: l.plan.into(),
-            route: l.route.into(),
-            status: l.status,
-            requests: m.requests.with_label_values(&[l.plan, l.route, l.status]),
-            duration: m.request_duration.with_label_values(&[l.plan, l.route]),
-            upstream: m.upstream_duration.with_label_values(&[l.route]),
-        }
-    }
-}
-
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -331,63 +223,31 @@ impl Default for Metrics {
 mod tests {
     use super::*;
 
-    fn labels(plan: &'static str, status: &'static str) -> RequestLabels<'static> {
-        RequestLabels {
-            plan,
-            route: "spawn",
-            status,
-        }
-    }
-
     #[test]
-    fn observed_requests_land_in_their_own_series_and_instance() {
+    fn observed_requests_are_rendered_and_instances_do_not_share_them() {
         let (a, b) = (Metrics::new(), Metrics::new());
-        for _ in 0..3 {
-            a.observe_request(labels("free", "201"), 0.002, Some(0.001));
-        }
-        a.observe_request(labels("free", "429"), 0.001, None);
-        b.observe_request(labels("free", "201"), 0.002, None);
-        let count = |m: &Metrics, plan, status| {
-            m.requests.with_label_values(&[plan, "spawn", status]).get()
+        let labels = RequestLabels {
+            plan: "free",
+            route: "spawn",
+            status: "201",
         };
-        assert_eq!(count(&a, "free", "201"), 3);
-        assert_eq!(count(&a, "free", "429"), 1);
-        assert_eq!(
-            count(&b, "free", "201"),
-            1,
-            "instances do not share cached handles"
-        );
-        assert_eq!(
-            a.request_duration
-                .with_label_values(&["free", "spawn"])
-                .get_sample_count(),
-            4
-        );
-        assert_eq!(
-            a.upstream_duration
-                .with_label_values(&["spawn"])
-                .get_sample_count(),
-            3
-        );
-    }
-
-    #[test]
-    fn the_handle_cache_stays_correct_past_its_bound() {
-        let m = Metrics::new();
-        let plans: Vec<&'static str> = (0..MAX_ENTRIES + 10)
-            .map(|i| &*Box::leak(format!("p{i}").into_boxed_str()))
-            .collect();
-        for plan in &plans {
-            m.observe_request(labels(plan, "200"), 0.001, None);
+        for _ in 0..3 {
+            a.observe_request(labels, 0.002, Some(0.001));
         }
-        m.observe_request(labels(plans[0], "200"), 0.001, None);
-        assert_eq!(
-            m.requests.with_label_values(&["p0", "spawn", "200"]).get(),
-            2
-        );
-        assert_eq!(
-            m.requests.with_label_values(&["p5", "spawn", "200"]).get(),
-            1
-        );
+        b.observe_request(labels, 0.002, None);
+        assert_eq!(a.requests.requests("free", "spawn", "201"), 3);
+        assert_eq!(b.requests.requests("free", "spawn", "201"), 1);
+        let text = String::from_utf8(a.render()).expect("utf8");
+        for line in [
+            "termsgate_requests_total{plan=\"free\",route=\"spawn\",status=\"201\"} 3",
+            "termsgate_request_duration_seconds_bucket{plan=\"free\",route=\"spawn\",le=\"0.0025\"} 3",
+            "termsgate_request_duration_seconds_bucket{plan=\"free\",route=\"spawn\",le=\"+Inf\"} 3",
+            "termsgate_request_duration_seconds_count{plan=\"free\",route=\"spawn\"} 3",
+            "termsgate_upstream_duration_seconds_count{route=\"spawn\"} 3",
+            "# TYPE termsgate_requests_total counter",
+            "# TYPE termsgate_request_duration_seconds histogram",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
     }
 }

@@ -286,7 +286,9 @@ impl HttpSession {
 
                         let mut response_header = match ResponseHeader::build(
                             resp.code.unwrap(),
-                            Some(resp.headers.len()),
+                            // termsgate patch: room for the headers a proxy adds, so adding them
+                            // does not grow (rehash) the map.
+                            Some(resp.headers.len() + super::PROXY_HEADER_HEADROOM),
                         ) {
                             Ok(header) => Box::new(header),
                             Err(e) => return self.fail_response_header_read(e),

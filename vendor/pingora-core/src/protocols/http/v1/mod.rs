@@ -20,6 +20,11 @@ pub mod common;
 pub(crate) mod header;
 pub mod server;
 
+/// termsgate patch: headers of a parsed request or response get room for this many more, the
+/// number a proxy typically adds (request id, identity, rate limit headers), so that adding
+/// them does not reallocate and rehash the header map on every request.
+pub(crate) const PROXY_HEADER_HEADROOM: usize = 8;
+
 /// Test utilities shared across HTTP/1.x unit tests
 #[cfg(test)]
 pub(crate) mod test_util {

@@ -353,7 +353,9 @@ impl HttpSession {
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
-                            Some(req.headers.len()),
+                            // termsgate patch: room for the headers a proxy adds, so adding them
+                            // does not grow (rehash) the map.
+                            Some(req.headers.len() + super::PROXY_HEADER_HEADROOM),
                         )?);
 
                         request_header.set_version(match req.version {
