@@ -133,7 +133,7 @@ async fn drain_then_exit(shared: Arc<Shared>) {
     tracing::info!("SIGTERM: draining in-flight requests");
     // Connections accepted just before the signal need a moment to become requests.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    while shared.inflight.load(Ordering::Acquire) > 0 {
+    while shared.inflight() > 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     shared.access_log.drain(Duration::from_secs(2));

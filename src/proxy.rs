@@ -33,7 +33,7 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new(self.shared.config.load_full(), self.shared.track_inflight())
+        RequestCtx::new(self.shared.request_config(), self.shared.track_inflight())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {

@@ -1,10 +1,12 @@
 //! What every request and every background task share: the config snapshot, the limiter,
 //! the metrics and the access log.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use thread_local::ThreadLocal;
 
 use crate::abuse::AbuseGuard;
 use crate::access_log::AccessLog;
@@ -25,8 +27,12 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The access log writer.
     pub access_log: AccessLog,
-    /// Requests between their first byte and their log line.
-    pub inflight: AtomicUsize,
+    /// Requests between their first byte and their log line, counted per thread (a request
+    /// ended on another thread than it started on makes one count negative; the sum is right).
+    inflight: ThreadLocal<Arc<AtomicIsize>>,
+    /// Each thread's copy of the config in force (`Config::thread_copy`), with the snapshot it
+    /// was copied from.
+    thread_configs: ThreadLocal<RefCell<Option<ThreadConfig>>>,
     /// Set on SIGTERM: `/readyz` turns 503 so load balancers stop sending.
     pub draining: AtomicBool,
     /// The certificate of the HTTPS listener, when there is one.
@@ -48,24 +54,125 @@ impl Shared {
             abuse: AbuseGuard::new(),
             metrics,
             access_log,
-            inflight: AtomicUsize::new(0),
+            inflight: ThreadLocal::new(),
+            thread_configs: ThreadLocal::new(),
             draining: AtomicBool::new(false),
             tls,
         })
     }
 
-    /// Counts a request in flight until the returned guard is dropped.
-    pub fn track_inflight(self: &Arc<Self>) -> InflightGuard {
-        self.inflight.fetch_add(1, Ordering::AcqRel);
-        InflightGuard(self.clone())
+    /// Counts a request in flight until the returned guard is dropped. The count and the
+    /// guard's reference belong to this thread: no cache line another worker writes.
+    pub fn track_inflight(&self) -> InflightGuard {
+        let count = self.inflight.get_or(|| Arc::new(AtomicIsize::new(0)));
+        count.fetch_add(1, Ordering::AcqRel);
+        InflightGuard(count.clone())
+    }
+
+    /// Requests in flight now.
+    pub fn inflight(&self) -> usize {
+        let total: isize = self
+            .inflight
+            .iter()
+            .map(|count| count.load(Ordering::Acquire))
+            .sum();
+        total.max(0) as usize
+    }
+
+    /// The config snapshot in force, as this thread's own copy: the same values as
+    /// `config.load()`, copied once per thread and reload (`Config::thread_copy`).
+    pub fn request_config(&self) -> Arc<Config> {
+        let current = self.config.load();
+        let mut slot = self
+            .thread_configs
+            .get_or(|| RefCell::new(None))
+            .borrow_mut();
+        match &*slot {
+            Some(copy) if Arc::ptr_eq(&copy.source, &current) => copy.config.clone(),
+            _ => {
+                let config = Arc::new(current.thread_copy());
+                *slot = Some(ThreadConfig {
+                    source: arc_swap::Guard::into_inner(current),
+                    config: config.clone(),
+                });
+                config
+            }
+        }
     }
 }
 
+/// One thread's copy of a config snapshot. Holding `source` keeps its address from being
+/// reused, so comparing addresses tells whether the copy is still current.
+struct ThreadConfig {
+    source: Arc<Config>,
+    config: Arc<Config>,
+}
+
 /// Decrements the in-flight count when a request's context is dropped.
-pub struct InflightGuard(Arc<Shared>);
+pub struct InflightGuard(Arc<AtomicIsize>);
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(upstream_port: u16) -> Arc<Shared> {
+        let config = shared_config_with_upstream(upstream_port);
+        let metrics = Arc::new(Metrics::new());
+        let log = AccessLog::start(
+            Box::new(std::io::sink()),
+            16,
+            metrics.access_log_dropped.clone(),
+        );
+        Shared::new(config, metrics, log)
+    }
+
+    #[test]
+    fn each_thread_reads_its_own_copy_of_the_config_in_force() {
+        let shared = shared(9);
+        let first = shared.request_config();
+        assert!(Arc::ptr_eq(&first, &shared.request_config()), "copied once");
+        assert!(!Arc::ptr_eq(&first, &shared.config.load_full()), "a copy");
+        let other =
+            std::thread::scope(|s| s.spawn(|| shared.request_config()).join()).expect("thread");
+        assert!(!Arc::ptr_eq(&first, &other), "another thread, another copy");
+
+        let reloaded = shared_config_with_upstream(10);
+        shared.config.store(Arc::new(reloaded));
+        let after = shared.request_config();
+        assert_eq!(
+            after.server.upstream, "127.0.0.1:10",
+            "a reload is seen at once"
+        );
+        assert_eq!(
+            first.server.upstream, "127.0.0.1:9",
+            "a request keeps its snapshot"
+        );
+    }
+
+    fn shared_config_with_upstream(port: u16) -> Config {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:{port}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+        );
+        crate::config::load_str(&text, std::path::Path::new("t.toml")).expect("config")
+    }
+
+    #[test]
+    fn requests_in_flight_are_summed_over_threads_wherever_they_end() {
+        let shared = shared(9);
+        let here = shared.track_inflight();
+        let there =
+            std::thread::scope(|s| s.spawn(|| shared.track_inflight()).join()).expect("thread");
+        assert_eq!(shared.inflight(), 2);
+        // Started on the other thread, ended on this one.
+        drop(there);
+        assert_eq!(shared.inflight(), 1);
+        drop(here);
+        assert_eq!(shared.inflight(), 0);
     }
 }
