@@ -55,8 +55,25 @@ pub async fn admit(
     ctx.key = Some(key.clone());
 
     check_body_size(req, ctx.config.server.max_body_bytes)?;
-    buffer_unsized_body(session, ctx.config.server.max_body_bytes).await?;
+    if has_unsized_body(session) {
+        // Boxed: the body read's state would otherwise make every request's future larger,
+        // and that future is copied to the heap once per request.
+        Box::pin(buffer_unsized_body(
+            session,
+            ctx.config.server.max_body_bytes,
+        ))
+        .await?;
+    }
     apply_limits(shared, ctx, &key).await
+}
+
+/// A body without `Content-Length` (chunked, or read to the end of the connection).
+fn has_unsized_body(session: &mut Session) -> bool {
+    let sized = session
+        .req_header()
+        .headers
+        .contains_key(http::header::CONTENT_LENGTH);
+    !sized && !session.is_body_empty()
 }
 
 /// Request line and headers larger than this get 431 (nginx's default buffers hold 8 KB; API
@@ -83,13 +100,6 @@ async fn buffer_unsized_body(
     session: &mut Session,
     max_body_bytes: u64,
 ) -> Result<(), GatewayError> {
-    let sized = session
-        .req_header()
-        .headers
-        .contains_key(http::header::CONTENT_LENGTH);
-    if sized || session.is_body_empty() {
-        return Ok(());
-    }
     let limit = max_body_bytes.min(MAX_UNSIZED_BODY_BYTES);
     session.enable_retry_buffering();
     let mut total: u64 = 0;

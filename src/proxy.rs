@@ -40,7 +40,8 @@ impl ProxyHttp for Gateway {
         match admission::admit(&self.shared, session, ctx).await {
             Ok(()) => Ok(false),
             Err(err) => {
-                respond::send_error(session, ctx, err).await?;
+                // Boxed: only refusals need the writer's state in their future.
+                Box::pin(respond::send_error(session, ctx, err)).await?;
                 Ok(true)
             }
         }

@@ -66,10 +66,9 @@ impl Limiter {
         let Some(redis) = &self.redis else {
             return Verdict::Decided(self.memory.check_and_charge(key_id, limits));
         };
-        match redis
-            .check_and_charge(key_id, limits, settings.timeout)
-            .await
-        {
+        // Boxed: the Redis call's state would otherwise make every request's future larger,
+        // memory backend or not.
+        match Box::pin(redis.check_and_charge(key_id, limits, settings.timeout)).await {
             Ok(decision) => {
                 if self.redis_failing.swap(false, Ordering::Relaxed) {
                     tracing::info!("limiter backend redis answers again");
