@@ -2,8 +2,8 @@
 //! the metrics and the access log.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
 use thread_local::ThreadLocal;
@@ -33,6 +33,11 @@ pub struct Shared {
     /// Each thread's copy of the config in force (`Config::thread_copy`), with the snapshot it
     /// was copied from.
     thread_configs: ThreadLocal<RefCell<Option<ThreadConfig>>>,
+    /// How many threads have a slot in `thread_configs`.
+    config_readers: AtomicUsize,
+    /// Copies of the config in force made by a reload ahead of time, one per thread that read
+    /// the previous config, so that no request waits for a copy to be made.
+    prepared: Mutex<Vec<ThreadConfig>>,
     /// Set on SIGTERM: `/readyz` turns 503 so load balancers stop sending.
     pub draining: AtomicBool,
     /// The certificate of the HTTPS listener, when there is one.
@@ -56,6 +61,8 @@ impl Shared {
             access_log,
             inflight: ThreadLocal::new(),
             thread_configs: ThreadLocal::new(),
+            config_readers: AtomicUsize::new(0),
+            prepared: Mutex::new(Vec::new()),
             draining: AtomicBool::new(false),
             tls,
         })
@@ -85,19 +92,41 @@ impl Shared {
         let current = self.config.load();
         let mut slot = self
             .thread_configs
-            .get_or(|| RefCell::new(None))
+            .get_or(|| {
+                self.config_readers.fetch_add(1, Ordering::Relaxed);
+                RefCell::new(None)
+            })
             .borrow_mut();
         match &*slot {
             Some(copy) if Arc::ptr_eq(&copy.source, &current) => copy.config.clone(),
             _ => {
-                let config = Arc::new(current.thread_copy());
-                *slot = Some(ThreadConfig {
-                    source: arc_swap::Guard::into_inner(current),
-                    config: config.clone(),
-                });
+                let copy = self
+                    .take_prepared(&current)
+                    .unwrap_or_else(|| ThreadConfig::of(arc_swap::Guard::into_inner(current)));
+                let config = copy.config.clone();
+                *slot = Some(copy);
                 config
             }
         }
+    }
+
+    /// Puts `config` in force (a reload). The copies the workers will read are made first,
+    /// here, off the request path: one per thread that has served requests so far.
+    pub fn install_config(&self, config: Arc<Config>) {
+        let workers = self.config_readers.load(Ordering::Relaxed);
+        let copies = (0..workers)
+            .map(|_| ThreadConfig::of(config.clone()))
+            .collect();
+        *self.prepared.lock().unwrap_or_else(PoisonError::into_inner) = copies;
+        self.config.store(config);
+    }
+
+    fn take_prepared(&self, current: &Arc<Config>) -> Option<ThreadConfig> {
+        let mut prepared = self.prepared.lock().unwrap_or_else(PoisonError::into_inner);
+        let i = prepared
+            .iter()
+            .position(|copy| Arc::ptr_eq(&copy.source, current))?;
+        Some(prepared.swap_remove(i))
     }
 }
 
@@ -106,6 +135,13 @@ impl Shared {
 struct ThreadConfig {
     source: Arc<Config>,
     config: Arc<Config>,
+}
+
+impl ThreadConfig {
+    fn of(source: Arc<Config>) -> Self {
+        let config = Arc::new(source.thread_copy());
+        ThreadConfig { source, config }
+    }
 }
 
 /// Decrements the in-flight count when a request's context is dropped.
@@ -142,17 +178,30 @@ mod tests {
             std::thread::scope(|s| s.spawn(|| shared.request_config()).join()).expect("thread");
         assert!(!Arc::ptr_eq(&first, &other), "another thread, another copy");
 
-        let reloaded = shared_config_with_upstream(10);
-        shared.config.store(Arc::new(reloaded));
+        shared.install_config(Arc::new(shared_config_with_upstream(10)));
+        let prepared = |shared: &Shared| shared.prepared.lock().expect("lock").len();
+        assert_eq!(
+            prepared(&shared),
+            2,
+            "a copy made ahead for each of the two threads"
+        );
         let after = shared.request_config();
         assert_eq!(
             after.server.upstream, "127.0.0.1:10",
             "a reload is seen at once"
         );
+        assert_eq!(prepared(&shared), 1, "this thread took a copy made ahead");
         assert_eq!(
             first.server.upstream, "127.0.0.1:9",
             "a request keeps its snapshot"
         );
+
+        // A config stored without copies made ahead is copied on first use.
+        shared
+            .config
+            .store(Arc::new(shared_config_with_upstream(11)));
+        assert_eq!(shared.request_config().server.upstream, "127.0.0.1:11");
+        assert_eq!(prepared(&shared), 1, "a stale copy made ahead is not taken");
     }
 
     fn shared_config_with_upstream(port: u16) -> Config {

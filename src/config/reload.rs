@@ -39,7 +39,7 @@ impl Reloader {
                 if let (Some(store), Some(tls)) = (&self.shared.tls, &next.server.tls) {
                     store.replace(tls.pair.clone());
                 }
-                self.shared.config.store(Arc::new(next));
+                self.shared.install_config(Arc::new(next));
                 self.shared.metrics.record_reload(true);
                 tracing::info!(trigger, path = %self.path.display(), "config reloaded");
                 Ok(())
