@@ -10,6 +10,7 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use crate::own_listener;
 use crate::state::Shared;
 
 /// Serves the admin paths.
@@ -30,7 +31,7 @@ impl AdminApp {
         }
     }
 
-    /// Ready once the public listener accepts connections, and until shutdown starts.
+    /// Ready once this process's public listener accepts connections, and until shutdown starts.
     fn ready(&self) -> bool {
         if self.shared.draining.load(Ordering::Acquire) {
             return false;
@@ -38,8 +39,11 @@ impl AdminApp {
         if self.listener_seen_up.load(Ordering::Acquire) {
             return true;
         }
+        // Accepting is not enough: if another process holds the port, this gateway failed to
+        // bind it and is exiting (`None`: no /proc to ask, the connection has to do).
         let up = self.public_listen.iter().all(|addr| {
-            TcpStream::connect_timeout(&reachable(*addr), Duration::from_millis(200)).is_ok()
+            own_listener::listening_here(addr.port()) != Some(false)
+                && TcpStream::connect_timeout(&reachable(*addr), Duration::from_millis(200)).is_ok()
         });
         if up {
             self.listener_seen_up.store(true, Ordering::Release);

@@ -23,6 +23,7 @@ pub mod header_map;
 pub mod keys;
 pub mod limiter;
 pub mod metrics;
+pub mod own_listener;
 pub mod proxy;
 pub mod ratelimit_headers;
 pub mod request_id;
