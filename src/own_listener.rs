@@ -12,10 +12,16 @@ use std::fs;
 /// `Some(true)` if this process has a socket listening on TCP `port`, `Some(false)` if it has
 /// none, `None` where `/proc` cannot tell (not Linux).
 pub fn listening_here(port: u16) -> Option<bool> {
-    let ours = own_socket_inodes()?;
+    process_listening(std::process::id(), port)
+}
+
+/// Whether process `pid` has a socket listening on TCP `port` (the test harness asks this of
+/// the gateway it started); `None` where `/proc` cannot tell.
+pub fn process_listening(pid: u32, port: u16) -> Option<bool> {
+    let ours = socket_inodes(pid)?;
     let mut readable = false;
-    for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
-        let Ok(text) = fs::read_to_string(table) else {
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
             continue;
         };
         readable = true;
@@ -26,9 +32,9 @@ pub fn listening_here(port: u16) -> Option<bool> {
     readable.then_some(false)
 }
 
-/// Inodes of the sockets among this process's file descriptors.
-fn own_socket_inodes() -> Option<HashSet<u64>> {
-    let fds = fs::read_dir("/proc/self/fd").ok()?;
+/// Inodes of the sockets among process `pid`'s file descriptors.
+fn socket_inodes(pid: u32) -> Option<HashSet<u64>> {
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
     Some(
         fds.filter_map(|fd| fs::read_link(fd.ok()?.path()).ok())
             .filter_map(|target| {

@@ -337,7 +337,16 @@ impl Gateway {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("gateway exited with {status}: {}", self.stderr()));
             }
-            if blocking_status(&format!("http://127.0.0.1:{}/readyz", self.admin)) == Some(200) {
+            // The answer must come from this child: when a port it was given was taken by
+            // another test's server first, the child fails to bind it and exits, and whatever
+            // holds the port may answer meanwhile.
+            let owns = |port| {
+                termsgate::own_listener::process_listening(self.child.id(), port) != Some(false)
+            };
+            if blocking_status(&format!("http://127.0.0.1:{}/readyz", self.admin)) == Some(200)
+                && owns(self.admin)
+                && owns(self.port)
+            {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
