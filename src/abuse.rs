@@ -7,12 +7,13 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
 
 use crate::limiter::{retry_after_secs, Clock, Decision, LimitSpec, MemoryLimiter, MonotonicClock};
+use crate::sync::lock;
 
 /// Most client IPs tracked at once (about 300 B each).
 pub const MAX_TRACKED_IPS: usize = 200_000;
@@ -79,7 +80,7 @@ impl<C: Clock> AbuseGuard<C> {
             self.failures.check_and_charge(&key, &spec)
         {
             let until = self.failures.clock().now_ms() + retry_after_ms;
-            let _blocking = self.blocking.lock().unwrap_or_else(PoisonError::into_inner);
+            let _blocking = lock(&self.blocking);
             self.blocked_until_ms.insert(ip, until);
             self.any_blocked.store(true, Ordering::Release);
         }
@@ -89,7 +90,7 @@ impl<C: Clock> AbuseGuard<C> {
     pub fn sweep(&self) {
         self.failures.sweep();
         let now = self.failures.clock().now_ms();
-        let _blocking = self.blocking.lock().unwrap_or_else(PoisonError::into_inner);
+        let _blocking = lock(&self.blocking);
         self.blocked_until_ms.retain(|_, until| *until > now);
         if self.blocked_until_ms.is_empty() {
             self.any_blocked.store(false, Ordering::Release);

@@ -13,13 +13,15 @@
 use std::io::Write;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::IntCounter;
-use thread_local::ThreadLocal;
 
-/// Lines one thread's buffer holds before new ones are dropped.
+use crate::sync::{lock, PerThread};
+
+/// Lines one worker thread's buffer holds before new ones are dropped (so the log holds at most
+/// this many lines per worker thread while its output is stuck).
 pub const BUFFER_LINES: usize = 65_536;
 
 /// How often the writer thread drains the buffers.
@@ -27,6 +29,9 @@ const WRITE_TICK: Duration = Duration::from_millis(5);
 
 /// Room a thread's buffer starts with: a tick's worth of lines at a busy rate.
 const INITIAL_BUFFER_BYTES: usize = 64 * 1024;
+
+/// A taken buffer larger than this is shrunk back to `INITIAL_BUFFER_BYTES` once written.
+const SHRINK_ABOVE_BYTES: usize = 16 * INITIAL_BUFFER_BYTES;
 
 /// One access log line. The fields are exactly the contract's; there is deliberately no field
 /// that could hold a token, a header, a query string or a body.
@@ -65,7 +70,7 @@ struct Batch {
 
 /// Every thread's batch, and whether the writer holds taken lines it has not flushed.
 struct Buffers {
-    per_thread: ThreadLocal<Mutex<Batch>>,
+    per_thread: PerThread<Mutex<Batch>>,
     capacity_lines: usize,
     writing: AtomicBool,
 }
@@ -74,11 +79,6 @@ impl Buffers {
     fn is_empty(&self) -> bool {
         self.per_thread.iter().all(|batch| lock(batch).lines == 0)
     }
-}
-
-/// A poisoned buffer is still a buffer: a panic elsewhere must not stop the log.
-fn lock(batch: &Mutex<Batch>) -> std::sync::MutexGuard<'_, Batch> {
-    batch.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The handle requests log through.
@@ -100,7 +100,7 @@ impl AccessLog {
     /// most `capacity_lines` lines.
     pub fn start(sink: Box<dyn Write + Send>, capacity_lines: usize, dropped: IntCounter) -> Self {
         let buffers = Arc::new(Buffers {
-            per_thread: ThreadLocal::new(),
+            per_thread: PerThread::new(),
             capacity_lines,
             writing: AtomicBool::new(false),
         });
@@ -155,7 +155,10 @@ impl AccessLog {
 
 fn write_loop(buffers: &Buffers, alive: Weak<()>, sink: Box<dyn Write + Send>) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
-    let mut taken = Batch::default();
+    let mut taken = Batch {
+        bytes: Vec::with_capacity(INITIAL_BUFFER_BYTES),
+        lines: 0,
+    };
     loop {
         // Checked before the last write, so lines logged before the last handle went are in it.
         let last = alive.strong_count() == 0;
@@ -167,8 +170,12 @@ fn write_loop(buffers: &Buffers, alive: Weak<()>, sink: Box<dyn Write + Send>) {
                 let _ = out.write_all(&taken.bytes);
                 wrote = true;
             }
-            // The emptied batch keeps its capacity and goes to the next thread's turn.
+            // The emptied batch keeps its room and goes to the next thread's turn; one that
+            // grew far past it (the output was stuck) gives the extra memory back.
             taken.bytes.clear();
+            if taken.bytes.capacity() > SHRINK_ABOVE_BYTES {
+                taken.bytes.shrink_to(INITIAL_BUFFER_BYTES);
+            }
             taken.lines = 0;
         }
         if wrote {
@@ -406,9 +413,15 @@ mod tests {
         );
     }
 
-    /// A sink the test can read while the writer thread owns it.
+    /// A sink the test can read while the writer thread owns it; `closed` turns true when a
+    /// copy of it is dropped (the writer thread's, when that thread ends).
     #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
+    struct Shared(Arc<Mutex<Vec<u8>>>, Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Shared {
+        fn drop(&mut self) {
+            self.1.store(true, Ordering::SeqCst);
+        }
+    }
     impl Write for Shared {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
             self.0.lock().expect("sink").extend_from_slice(buf);
@@ -463,7 +476,7 @@ mod tests {
     }
 
     #[test]
-    fn lines_logged_before_the_last_handle_goes_are_still_written() {
+    fn the_writer_writes_what_is_left_and_ends_once_the_last_handle_goes() {
         let sink = Shared::default();
         let log = AccessLog::start(
             Box::new(sink.clone()),
@@ -474,18 +487,18 @@ mod tests {
         log.log(&record());
         drop(log);
         let deadline = Instant::now() + Duration::from_secs(5);
-        while sink.0.lock().expect("sink").is_empty() && Instant::now() < deadline {
+        while !sink.1.load(Ordering::SeqCst) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(
-            sink.0
-                .lock()
-                .expect("sink")
-                .iter()
-                .filter(|b| **b == b'\n')
-                .count(),
-            1
-        );
+        assert!(sink.1.load(Ordering::SeqCst), "the writer thread ended");
+        let lines = sink
+            .0
+            .lock()
+            .expect("sink")
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count();
+        assert_eq!(lines, 1, "the line logged before the end was written");
         assert!(buffers.is_empty());
     }
 

@@ -106,6 +106,7 @@ async fn control_loop(
             _ = sweep.tick() => {
                 shared.limiter.memory().sweep();
                 shared.abuse.sweep();
+                shared.release_old_configs();
                 shared.metrics.limiter_keys.set(shared.limiter.memory().key_count() as i64);
             },
             phase = phases.recv() => match phase {

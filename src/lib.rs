@@ -31,6 +31,7 @@ pub mod request_stats;
 pub mod respond;
 pub mod server;
 pub mod state;
+pub mod sync;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;

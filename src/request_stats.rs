@@ -7,16 +7,13 @@
 //! only a scrape ever contends for, and the scrape adds the threads' figures up.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
-use thread_local::ThreadLocal;
 
-/// Buckets from 0.5 ms to 10 s: an edge proxy adds well under a millisecond, upstreams take more.
-pub const LATENCY_BUCKETS_SECS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+use crate::metrics::LATENCY_BUCKETS_SECS;
+use crate::sync::{lock, PerThread};
 
 const REQUESTS: &str = "termsgate_requests_total";
 const REQUEST_DURATION: &str = "termsgate_request_duration_seconds";
@@ -126,16 +123,11 @@ impl ThreadStats {
     }
 }
 
-/// A poisoned lock still guards valid counts: a panic elsewhere must not stop the metrics.
-fn lock(stats: &Mutex<ThreadStats>) -> MutexGuard<'_, ThreadStats> {
-    stats.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// The request metrics of one `Metrics` instance, registered in its registry as a collector
 /// (a clone shares the figures).
 #[derive(Clone)]
 pub struct RequestStats {
-    per_thread: Arc<ThreadLocal<Mutex<ThreadStats>>>,
+    per_thread: Arc<PerThread<Mutex<ThreadStats>>>,
     descs: Vec<Desc>,
 }
 
@@ -152,7 +144,7 @@ impl RequestStats {
             .expect("static metric definition")
         };
         RequestStats {
-            per_thread: Arc::new(ThreadLocal::new()),
+            per_thread: Arc::new(PerThread::new()),
             descs: vec![
                 desc(
                     REQUESTS,
@@ -181,7 +173,7 @@ impl RequestStats {
         duration_secs: f64,
         upstream_secs: Option<f64>,
     ) {
-        let mut stats = lock(self.per_thread.get_or_default());
+        let mut stats = lock(self.per_thread.get_or(Mutex::default));
         let series = stats.series(labels);
         series.requests += 1;
         series.duration.observe(duration_secs);

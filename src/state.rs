@@ -1,23 +1,25 @@
 //! What every request and every background task share: the config snapshot, the limiter,
 //! the metrics and the access log.
 
-use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use thread_local::ThreadLocal;
+use crossbeam_utils::CachePadded;
 
 use crate::abuse::AbuseGuard;
 use crate::access_log::AccessLog;
+use crate::config::thread_copy::ConfigCopies;
 use crate::config::Config;
 use crate::limiter::backend::Limiter;
 use crate::metrics::Metrics;
+use crate::sync::PerThread;
 use crate::tls::CertStore;
 
 /// Shared gateway state. One per process.
 pub struct Shared {
-    /// The config in force; a reload swaps it whole.
+    /// The config in force; a reload swaps it whole, through [`Shared::install_config`] (a
+    /// plain `store` works too, but leaves each worker to copy it on its next request).
     pub config: ArcSwap<Config>,
     /// Window state.
     pub limiter: Limiter,
@@ -29,15 +31,9 @@ pub struct Shared {
     pub access_log: AccessLog,
     /// Requests between their first byte and their log line, counted per thread (a request
     /// ended on another thread than it started on makes one count negative; the sum is right).
-    inflight: ThreadLocal<Arc<AtomicIsize>>,
-    /// Each thread's copy of the config in force (`Config::thread_copy`), with the snapshot it
-    /// was copied from.
-    thread_configs: ThreadLocal<RefCell<Option<ThreadConfig>>>,
-    /// How many threads have a slot in `thread_configs`.
-    config_readers: AtomicUsize,
-    /// Copies of the config in force made by a reload ahead of time, one per thread that read
-    /// the previous config, so that no request waits for a copy to be made.
-    prepared: Mutex<Vec<ThreadConfig>>,
+    inflight: PerThread<Arc<CachePadded<AtomicIsize>>>,
+    /// Each worker thread's copy of the config in force.
+    config_copies: ConfigCopies,
     /// Set on SIGTERM: `/readyz` turns 503 so load balancers stop sending.
     pub draining: AtomicBool,
     /// The certificate of the HTTPS listener, when there is one.
@@ -59,10 +55,8 @@ impl Shared {
             abuse: AbuseGuard::new(),
             metrics,
             access_log,
-            inflight: ThreadLocal::new(),
-            thread_configs: ThreadLocal::new(),
-            config_readers: AtomicUsize::new(0),
-            prepared: Mutex::new(Vec::new()),
+            inflight: PerThread::new(),
+            config_copies: ConfigCopies::new(),
             draining: AtomicBool::new(false),
             tls,
         })
@@ -71,7 +65,9 @@ impl Shared {
     /// Counts a request in flight until the returned guard is dropped. The count and the
     /// guard's reference belong to this thread: no cache line another worker writes.
     pub fn track_inflight(&self) -> InflightGuard {
-        let count = self.inflight.get_or(|| Arc::new(AtomicIsize::new(0)));
+        let count = self
+            .inflight
+            .get_or(|| Arc::new(CachePadded::new(AtomicIsize::new(0))));
         count.fetch_add(1, Ordering::AcqRel);
         InflightGuard(count.clone())
     }
@@ -86,66 +82,26 @@ impl Shared {
         total.max(0) as usize
     }
 
-    /// The config snapshot in force, as this thread's own copy: the same values as
-    /// `config.load()`, copied once per thread and reload (`Config::thread_copy`).
+    /// The config snapshot in force, as this thread's own copy (`config::thread_copy`).
     pub fn request_config(&self) -> Arc<Config> {
-        let current = self.config.load();
-        let mut slot = self
-            .thread_configs
-            .get_or(|| {
-                self.config_readers.fetch_add(1, Ordering::Relaxed);
-                RefCell::new(None)
-            })
-            .borrow_mut();
-        match &*slot {
-            Some(copy) if Arc::ptr_eq(&copy.source, &current) => copy.config.clone(),
-            _ => {
-                let copy = self
-                    .take_prepared(&current)
-                    .unwrap_or_else(|| ThreadConfig::of(arc_swap::Guard::into_inner(current)));
-                let config = copy.config.clone();
-                *slot = Some(copy);
-                config
-            }
-        }
+        self.config_copies.current(&self.config)
     }
 
-    /// Puts `config` in force (a reload). The copies the workers will read are made first,
-    /// here, off the request path: one per thread that has served requests so far.
+    /// Puts `config` in force (a reload), with each worker's copy made first, off the request
+    /// path.
     pub fn install_config(&self, config: Arc<Config>) {
-        let workers = self.config_readers.load(Ordering::Relaxed);
-        let copies = (0..workers)
-            .map(|_| ThreadConfig::of(config.clone()))
-            .collect();
-        *self.prepared.lock().unwrap_or_else(PoisonError::into_inner) = copies;
-        self.config.store(config);
+        self.config_copies.install(&self.config, config);
     }
 
-    fn take_prepared(&self, current: &Arc<Config>) -> Option<ThreadConfig> {
-        let mut prepared = self.prepared.lock().unwrap_or_else(PoisonError::into_inner);
-        let i = prepared
-            .iter()
-            .position(|copy| Arc::ptr_eq(&copy.source, current))?;
-        Some(prepared.swap_remove(i))
-    }
-}
-
-/// One thread's copy of a config snapshot. Holding `source` keeps its address from being
-/// reused, so comparing addresses tells whether the copy is still current.
-struct ThreadConfig {
-    source: Arc<Config>,
-    config: Arc<Config>,
-}
-
-impl ThreadConfig {
-    fn of(source: Arc<Config>) -> Self {
-        let config = Arc::new(source.thread_copy());
-        ThreadConfig { source, config }
+    /// Frees config copies the workers have moved on from (from the periodic sweep, so that
+    /// no request frees a whole config).
+    pub fn release_old_configs(&self) {
+        self.config_copies.release_retired();
     }
 }
 
 /// Decrements the in-flight count when a request's context is dropped.
-pub struct InflightGuard(Arc<AtomicIsize>);
+pub struct InflightGuard(Arc<CachePadded<AtomicIsize>>);
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
@@ -179,7 +135,7 @@ mod tests {
         assert!(!Arc::ptr_eq(&first, &other), "another thread, another copy");
 
         shared.install_config(Arc::new(shared_config_with_upstream(10)));
-        let prepared = |shared: &Shared| shared.prepared.lock().expect("lock").len();
+        let prepared = |shared: &Shared| shared.config_copies.prepared_count();
         assert_eq!(
             prepared(&shared),
             2,
@@ -191,6 +147,13 @@ mod tests {
             "a reload is seen at once"
         );
         assert_eq!(prepared(&shared), 1, "this thread took a copy made ahead");
+        assert_eq!(
+            shared.config_copies.retired_count(),
+            1,
+            "its old copy waits for the sweep"
+        );
+        shared.release_old_configs();
+        assert_eq!(shared.config_copies.retired_count(), 0);
         assert_eq!(
             first.server.upstream, "127.0.0.1:9",
             "a request keeps its snapshot"

@@ -6,7 +6,7 @@
 mod file;
 pub mod model;
 pub mod reload;
-mod thread_copy;
+pub mod thread_copy;
 mod validate;
 pub mod watch;
 mod window;

@@ -1,0 +1,86 @@
+//! Shared-state helpers: values kept per thread on cache lines of their own, and locks that
+//! survive a panic elsewhere.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crossbeam_utils::CachePadded;
+use thread_local::ThreadLocal;
+
+/// One `T` per thread that uses it. Each thread writes only its own, and each sits on cache
+/// lines of its own (`thread_local` packs values side by side, so two workers' small values
+/// would otherwise share a line and every write would pull it from the other core). A reader
+/// such as a metrics scrape visits them all with [`PerThread::iter`].
+pub struct PerThread<T: Send> {
+    slots: ThreadLocal<CachePadded<T>>,
+}
+
+impl<T: Send> PerThread<T> {
+    /// No thread has a value yet.
+    pub fn new() -> Self {
+        PerThread {
+            slots: ThreadLocal::new(),
+        }
+    }
+
+    /// This thread's value, made by `init` on its first use.
+    pub fn get_or(&self, init: impl FnOnce() -> T) -> &T {
+        self.slots.get_or(|| CachePadded::new(init()))
+    }
+
+    /// Every thread's value.
+    pub fn iter(&self) -> impl Iterator<Item = &T>
+    where
+        T: Sync,
+    {
+        self.slots.iter().map(|slot| &**slot)
+    }
+}
+
+impl<T: Send> Default for PerThread<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Locks `mutex`. A panic while another thread held it leaves a value that is still whole
+/// here (counters, buffers, lists), so the gateway goes on with it instead of panicking too.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_thread_gets_its_own_value_on_its_own_cache_line() {
+        let values: PerThread<Mutex<u64>> = PerThread::new();
+        std::thread::scope(|s| {
+            for n in 1..=3 {
+                let values = &values;
+                s.spawn(move || *lock(values.get_or(|| Mutex::new(0))) += n);
+            }
+        });
+        let mut seen: Vec<u64> = values.iter().map(|v| *lock(v)).collect();
+        seen.sort();
+        // Threads that ran one after another may reuse a slot, so 1..=3 sum in fewer slots.
+        assert_eq!(seen.iter().sum::<u64>(), 6);
+        let addresses: Vec<usize> = values.iter().map(|v| v as *const _ as usize).collect();
+        for (i, a) in addresses.iter().enumerate() {
+            for b in &addresses[i + 1..] {
+                assert!(a.abs_diff(*b) >= 64, "two values share a cache line");
+            }
+        }
+    }
+
+    #[test]
+    fn a_poisoned_lock_still_gives_its_value() {
+        let m = Mutex::new(7);
+        let _ = std::panic::catch_unwind(|| {
+            let _held = m.lock().expect("lock");
+            panic!("while holding it");
+        });
+        assert!(m.is_poisoned());
+        assert_eq!(*lock(&m), 7);
+    }
+}
