@@ -19,11 +19,7 @@ use http::{header, header::AsHeaderName, HeaderValue, StatusCode, Version};
 use log::{debug, trace};
 use pingora_error::{Error, ErrorType::*, OrErr, Result, RetryType};
 use pingora_http::{HMap, IntoCaseHeaderName, RequestHeader, ResponseHeader};
-// termsgate patch: the upstream session's read and write timeouts use tokio's timer (still
-// started only once an operation is pending). With one single-threaded runtime per worker
-// (`NoStealRuntime`), that timer wheel belongs to the worker; `fast_timeout` reads the clock
-// twice more per timer and shares a `Notify` per 10 ms tick with its clock thread.
-use pingora_timeout::tokio_timeout as timeout;
+use pingora_timeout::timeout;
 use std::io::ErrorKind;
 use std::str;
 use std::time::Duration;
