@@ -7,7 +7,7 @@ use super::*;
 
 const HASH: &str = "8b1a9953c4611296a827abf8c47804d7e6c49c6b8b1a9953c4611296a827abf8";
 
-fn base(extra_plans: &str, extra_keys: &str) -> String {
+pub(super) fn base(extra_plans: &str, extra_keys: &str) -> String {
     format!(
         r#"
 [server]
