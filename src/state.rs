@@ -152,12 +152,15 @@ mod tests {
             1,
             "its old copy waits for the sweep"
         );
-        shared.release_old_configs();
-        assert_eq!(shared.config_copies.retired_count(), 0);
         assert_eq!(
             first.server.upstream, "127.0.0.1:9",
             "a request keeps its snapshot"
         );
+        let first_copy = Arc::downgrade(&first);
+        drop(first);
+        shared.release_old_configs();
+        assert_eq!(shared.config_copies.retired_count(), 0);
+        assert!(first_copy.upgrade().is_none(), "the old copy is freed");
 
         // A config stored without copies made ahead is copied on first use.
         shared

@@ -6,9 +6,10 @@
 //! over from another core. Each worker thread serves requests from its own copy instead
 //! ([`ConfigCopies`]): the same values, with reference counts of its own.
 //!
-//! A reload makes the copies before the new snapshot goes in force, and copies the workers
-//! leave behind are freed by the periodic sweep: no request waits for a config to be copied or
-//! freed, except each worker's first after start-up.
+//! A reload makes the copies before the new snapshot goes in force, so no request waits for a
+//! copy except each worker's first after start-up. Copies the workers leave behind are freed
+//! by the periodic sweep; a request still holding one when it is swept frees it as it ends. An
+//! idle worker keeps its old copy (and the old snapshot) until its next request.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
