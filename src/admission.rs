@@ -24,7 +24,7 @@ pub async fn admit(
         ctx.started = first_byte;
     }
     let req = session.req_header();
-    ctx.request_id = request_id::assign(req.headers.get(&X_REQUEST_ID).map(|v| v.as_bytes()));
+    ctx.request_id = request_id::assign(req.headers.get(&X_REQUEST_ID));
     let peer = session
         .client_addr()
         .and_then(|a| a.as_inet())

@@ -7,6 +7,7 @@ use std::time::Instant;
 use crate::config::{ApiKey, Config, LimitSet};
 use crate::error::GatewayError;
 use crate::limiter::LimitStatus;
+use crate::request_id::RequestId;
 use crate::state::InflightGuard;
 
 /// What one request has learnt so far. Holds the config snapshot it started with, so every
@@ -17,7 +18,7 @@ pub struct RequestCtx {
     /// The config snapshot for this request, loaded once.
     pub config: Arc<Config>,
     /// The request id (client's, if valid; else generated).
-    pub request_id: String,
+    pub request_id: RequestId,
     /// Client address, after `trusted_proxies`.
     pub client_ip: Option<IpAddr>,
     /// The authenticated key.
@@ -48,7 +49,7 @@ impl RequestCtx {
         RequestCtx {
             started: Instant::now(),
             config,
-            request_id: String::new(),
+            request_id: RequestId::default(),
             client_ip: None,
             key: None,
             route_mask: 0,

@@ -86,15 +86,31 @@ pub fn apply(
     let tightest = specs
         .iter()
         .zip(statuses)
-        .min_by_key(|(spec, status)| (status.remaining, u64::MAX - wait_secs(status), spec.max));
+        .enumerate()
+        .min_by_key(|(_, (spec, status))| {
+            (status.remaining, u64::MAX - wait_secs(status), spec.max)
+        });
     headers.insert(RATELIMIT_POLICY, limits.policy.clone());
     headers.insert(RATELIMIT, HeaderValue::try_from(state)?);
-    if let Some((spec, status)) = tightest {
-        headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(spec.max));
+    if let Some((i, (spec, status))) = tightest {
+        let max = match limits.maxima.get(i) {
+            Some(max) => max.clone(),
+            None => HeaderValue::from(spec.max),
+        };
+        headers.insert(X_RATELIMIT_LIMIT, max);
         headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(status.remaining));
-        headers.insert(X_RATELIMIT_RESET, HeaderValue::from(wait_secs(status)));
+        headers.insert(X_RATELIMIT_RESET, seconds_value(wait_secs(status)));
     }
     Ok(())
+}
+
+/// A count of seconds as a header value; the common 0 without an allocation.
+fn seconds_value(secs: u64) -> HeaderValue {
+    if secs == 0 {
+        HeaderValue::from_static("0")
+    } else {
+        HeaderValue::from(secs)
+    }
 }
 
 #[cfg(test)]
@@ -141,6 +157,30 @@ mod tests {
         assert_eq!(get("X-RateLimit-Limit"), "5");
         assert_eq!(get("X-RateLimit-Remaining"), "0");
         assert_eq!(get("X-RateLimit-Reset"), "42");
+    }
+
+    #[test]
+    fn the_trio_describes_the_tightest_limit_wherever_it_is() {
+        let limits = [
+            spec("spawns_per_minute", 5, 60),
+            spec("spawns_per_hour", 30, 3600),
+        ];
+        let statuses = [
+            LimitStatus {
+                remaining: 4,
+                wait_ms: 0,
+            },
+            LimitStatus {
+                remaining: 2,
+                wait_ms: 0,
+            },
+        ];
+        let mut h = HeaderMap::new();
+        apply(&mut h, &LimitSet::new(limits.into()), &statuses).expect("apply");
+        assert_eq!(h["X-RateLimit-Limit"], "30");
+        assert_eq!(h["X-RateLimit-Remaining"], "2");
+        assert_eq!(h["X-RateLimit-Reset"], "0");
+        assert_eq!(seconds_value(3600), "3600");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::ratelimit_headers;
 
 /// Adds `X-Request-Id` (replacing the upstream's) and, when limits matched, the RateLimit headers.
 pub fn decorate(header: &mut ResponseHeader, ctx: &RequestCtx) -> pingora::Result<()> {
-    let request_id = header_map::value(ctx.request_id.as_bytes())?;
+    let request_id = ctx.request_id.header();
     header_map::edit_response(header, 1 + ratelimit_headers::COUNT, |headers| {
         headers.insert(X_REQUEST_ID, request_id);
         match &ctx.limits {

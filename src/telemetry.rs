@@ -36,7 +36,7 @@ pub fn record(shared: &Shared, session: &Session, ctx: &RequestCtx) {
 
     shared.access_log.log(&AccessRecord {
         ts: SystemTime::now(),
-        request_id: &ctx.request_id,
+        request_id: ctx.request_id.as_str(),
         client_ip: ctx.client_ip,
         method: req.method.as_str(),
         path: req.uri.path(),

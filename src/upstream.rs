@@ -46,11 +46,11 @@ pub fn worker_pool_key() -> u64 {
 
 /// Sets the identity and request id headers the upstream sees; the client's copies go first.
 pub fn prepare_request(req: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Result<()> {
-    let request_id = header_map::value(ctx.request_id.as_bytes())?;
+    let request_id = ctx.request_id.header();
     let identity = match &ctx.key {
         Some(key) => Some((
             header_map::value(key.id.as_bytes())?,
-            header_map::value(key.plan.name.as_bytes())?,
+            key.plan.header.clone(),
         )),
         None => None,
     };

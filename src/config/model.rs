@@ -144,6 +144,8 @@ pub struct Limit {
 pub struct Plan {
     /// Plan name.
     pub name: Arc<str>,
+    /// The name as the upstream receives it in `X-Api-Plan`, built once at load.
+    pub header: HeaderValue,
     /// All limits, in file order.
     pub limits: Vec<Limit>,
     /// `by_route[r]`: the limits a request matching only route `r` is subject to.
@@ -172,20 +174,31 @@ impl Plan {
 }
 
 /// Limits that apply to a request together, in config order, with their `RateLimit-Policy`
-/// value, which depends only on the limits and so is built once per config, not per request.
+/// and `X-RateLimit-Limit` values, which depend only on the limits and so are built once per
+/// config, not per request.
 #[derive(Debug, Clone)]
 pub struct LimitSet {
     /// The limits.
     pub specs: Arc<[LimitSpec]>,
     /// `RateLimit-Policy` for them.
     pub policy: HeaderValue,
+    /// `X-RateLimit-Limit` of each limit, in the same order.
+    pub maxima: Arc<[HeaderValue]>,
 }
 
 impl LimitSet {
-    /// The set of `specs`, with its policy header.
+    /// The set of `specs`, with its header values.
     pub fn new(specs: Arc<[LimitSpec]>) -> Self {
         let policy = ratelimit_headers::policy(&specs);
-        LimitSet { specs, policy }
+        let maxima = specs
+            .iter()
+            .map(|spec| HeaderValue::from(spec.max))
+            .collect();
+        LimitSet {
+            specs,
+            policy,
+            maxima,
+        }
     }
 }
 

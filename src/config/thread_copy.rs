@@ -170,6 +170,7 @@ impl Plan {
     fn thread_copy(&self) -> Plan {
         Plan {
             name: Arc::from(&*self.name),
+            header: value_copy(&self.header),
             limits: self
                 .limits
                 .iter()
@@ -188,9 +189,8 @@ impl LimitSet {
     fn thread_copy(&self) -> LimitSet {
         LimitSet {
             specs: self.specs.iter().map(spec_copy).collect(),
-            // `HeaderValue::clone` would share the bytes' reference count; this copies them.
-            policy: HeaderValue::from_bytes(self.policy.as_bytes())
-                .unwrap_or_else(|_| self.policy.clone()),
+            policy: value_copy(&self.policy),
+            maxima: self.maxima.iter().map(value_copy).collect(),
         }
     }
 }
@@ -202,6 +202,11 @@ impl Route {
             ..self.clone()
         }
     }
+}
+
+/// `HeaderValue::clone` would share the bytes' reference count; this copies them.
+fn value_copy(value: &HeaderValue) -> HeaderValue {
+    HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone())
 }
 
 fn spec_copy(spec: &LimitSpec) -> LimitSpec {
@@ -234,6 +239,18 @@ mod tests {
         assert_eq!(b.specs.len(), 2);
         assert!(!std::sync::Arc::ptr_eq(&a.specs, &b.specs));
         assert_ne!(a.policy.as_bytes().as_ptr(), b.policy.as_bytes().as_ptr());
+        assert_eq!(a.maxima, b.maxima);
+        assert_eq!(b.maxima.len(), 2);
+        assert!(!std::sync::Arc::ptr_eq(&a.maxima, &b.maxima));
+        for (x, y) in a.maxima.iter().zip(b.maxima.iter()) {
+            assert_ne!(x.as_bytes().as_ptr(), y.as_bytes().as_ptr());
+        }
+        assert_eq!(copied.plan.header, "free");
+        assert_eq!(copied.plan.header, key.plan.header);
+        assert_ne!(
+            copied.plan.header.as_bytes().as_ptr(),
+            key.plan.header.as_bytes().as_ptr()
+        );
         for (x, y) in a.specs.iter().zip(b.specs.iter()) {
             assert_eq!(x.name, y.name);
             assert!(!std::sync::Arc::ptr_eq(&x.name, &y.name));

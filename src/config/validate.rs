@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Method;
+use http::{HeaderValue, Method};
 use ipnet::IpNet;
 
 use super::file::{
@@ -298,8 +298,14 @@ fn plan(p: PlanFile, routes: &[Route], at: &str) -> Result<Plan, ConfigError> {
     };
     let by_route = (0..routes.len()).map(|r| collect(Some(r))).collect();
     let unrouted = collect(None);
+    let header = HeaderValue::from_bytes(p.name.as_bytes()).map_err(|_| {
+        invalid(format!(
+            "{at}: a plan name goes to the upstream in X-Api-Plan: no control characters"
+        ))
+    })?;
     Ok(Plan {
         name: Arc::from(p.name),
+        header,
         limits,
         by_route,
         unrouted,

@@ -261,7 +261,7 @@ impl TransportConnector {
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
-                        if matches_peer(peer, &stream)
+                        if peer.matches_fd(stream.id())
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
@@ -476,31 +476,6 @@ impl PreferredHttpVersion {
 
 use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
-
-/// Whether an idle pooled `stream` is connected to `peer`.
-///
-/// termsgate patch: for a TCP peer reached directly, the stream's socket digest asks the kernel
-/// for the peer address once per connection and caches it, instead of `Peer::matches_fd` calling
-/// `getpeername` on every reuse (one system call per proxied request). The stream owns its file
-/// descriptor, so the address cannot change while it sits in the pool. Proxied and Unix socket
-/// peers, and streams without a digest, keep the original check.
-#[cfg(unix)]
-fn matches_peer<P: Peer>(peer: &P, stream: &Stream) -> bool {
-    use crate::protocols::l4::socket::SocketAddr as PeerAddr;
-    if peer.get_proxy().is_none() {
-        if let (PeerAddr::Inet(want), Some(digest)) = (peer.address(), stream.get_socket_digest()) {
-            if let Some(PeerAddr::Inet(got)) = digest.peer_addr() {
-                // As `check_fd_match`: 0.0.0.0 may be mapped to 127.0.0.1, so it matches anything.
-                if want.ip() == std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED) || want == got {
-                    return true;
-                }
-                error!("Crit: FD mismatch: fd: {}, addr: {want}, peer: {got}", stream.id());
-                return false;
-            }
-        }
-    }
-    peer.matches_fd(stream.id())
-}
 
 /// Test whether a stream is already closed or not reusable (server sent unexpected data)
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
