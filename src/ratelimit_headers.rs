@@ -126,24 +126,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn headers_follow_the_draft() {
+    /// Jettson's Free spawn limits, with the given state of each.
+    fn free_spawns(statuses: [(u32, u64); 2]) -> HeaderMap {
         let limits = [
             spec("spawns_per_minute", 5, 60),
             spec("spawns_per_hour", 30, 3600),
         ];
-        let statuses = [
-            LimitStatus {
-                remaining: 0,
-                wait_ms: 41_200,
-            },
-            LimitStatus {
-                remaining: 25,
-                wait_ms: 0,
-            },
-        ];
+        let statuses = statuses.map(|(remaining, wait_ms)| LimitStatus { remaining, wait_ms });
         let mut h = HeaderMap::new();
         apply(&mut h, &LimitSet::new(limits.into()), &statuses).expect("apply");
+        h
+    }
+
+    #[test]
+    fn headers_follow_the_draft() {
+        let h = free_spawns([(0, 41_200), (25, 0)]);
         assert_eq!(h.len(), COUNT);
         let get = |n: &str| h.get(n).expect(n).to_str().expect("ascii").to_string();
         assert_eq!(
@@ -161,22 +158,7 @@ mod tests {
 
     #[test]
     fn the_trio_describes_the_tightest_limit_wherever_it_is() {
-        let limits = [
-            spec("spawns_per_minute", 5, 60),
-            spec("spawns_per_hour", 30, 3600),
-        ];
-        let statuses = [
-            LimitStatus {
-                remaining: 4,
-                wait_ms: 0,
-            },
-            LimitStatus {
-                remaining: 2,
-                wait_ms: 0,
-            },
-        ];
-        let mut h = HeaderMap::new();
-        apply(&mut h, &LimitSet::new(limits.into()), &statuses).expect("apply");
+        let h = free_spawns([(4, 0), (2, 0)]);
         assert_eq!(h["X-RateLimit-Limit"], "30");
         assert_eq!(h["X-RateLimit-Remaining"], "2");
         assert_eq!(h["X-RateLimit-Reset"], "0");
