@@ -99,8 +99,8 @@ fn empty_request() -> RequestHeader {
     RequestHeader::from(http::Request::new(()).into_parts().0)
 }
 
-/// A header value from `bytes` (request ids, key ids and plan names, all checked before they
-/// get here); an error rather than a panic should a control character slip through.
+/// A header value from `bytes` (key ids, checked at load); an error rather than a panic
+/// should a control character slip through.
 pub fn value(bytes: &[u8]) -> pingora::Result<http::HeaderValue> {
     http::HeaderValue::from_bytes(bytes)
         .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "invalid header value"))

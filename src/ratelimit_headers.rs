@@ -93,7 +93,7 @@ pub fn apply(
     headers.insert(RATELIMIT_POLICY, limits.policy.clone());
     headers.insert(RATELIMIT, HeaderValue::try_from(state)?);
     if let Some((i, (spec, status))) = tightest {
-        let max = match limits.maxima.get(i) {
+        let max = match limits.maxima.as_ref().and_then(|maxima| maxima.get(i)) {
             Some(max) => max.clone(),
             None => HeaderValue::from(spec.max),
         };
@@ -126,16 +126,23 @@ mod tests {
         }
     }
 
-    /// Jettson's Free spawn limits, with the given state of each.
-    fn free_spawns(statuses: [(u32, u64); 2]) -> HeaderMap {
-        let limits = [
+    fn free_limits() -> [LimitSpec; 2] {
+        [
             spec("spawns_per_minute", 5, 60),
             spec("spawns_per_hour", 30, 3600),
-        ];
+        ]
+    }
+
+    fn headers(limits: &LimitSet, statuses: [(u32, u64); 2]) -> HeaderMap {
         let statuses = statuses.map(|(remaining, wait_ms)| LimitStatus { remaining, wait_ms });
         let mut h = HeaderMap::new();
-        apply(&mut h, &LimitSet::new(limits.into()), &statuses).expect("apply");
+        apply(&mut h, limits, &statuses).expect("apply");
         h
+    }
+
+    /// Jettson's Free spawn limits, with the given state of each.
+    fn free_spawns(statuses: [(u32, u64); 2]) -> HeaderMap {
+        headers(&LimitSet::new(free_limits().into()), statuses)
     }
 
     #[test]
@@ -163,6 +170,23 @@ mod tests {
         assert_eq!(h["X-RateLimit-Remaining"], "2");
         assert_eq!(h["X-RateLimit-Reset"], "0");
         assert_eq!(seconds_value(3600), "3600");
+    }
+
+    #[test]
+    fn the_limit_value_is_the_one_built_at_load_or_made_for_one_request() {
+        let at_load = LimitSet::new(free_limits().into());
+        let h = headers(&at_load, [(4, 0), (2, 0)]);
+        let built = &at_load.maxima.as_ref().expect("built at load")[1];
+        assert_eq!(
+            h["X-RateLimit-Limit"].as_bytes().as_ptr(),
+            built.as_bytes().as_ptr()
+        );
+
+        let one_request = LimitSet::for_one_request(free_limits().into());
+        assert!(one_request.maxima.is_none());
+        let h = headers(&one_request, [(4, 0), (2, 0)]);
+        assert_eq!(h["X-RateLimit-Limit"], "30");
+        assert_eq!(h["RateLimit-Policy"], at_load.policy);
     }
 
     #[test]

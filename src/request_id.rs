@@ -28,7 +28,7 @@ impl RequestId {
 
     /// The id as text (logs).
     pub fn as_str(&self) -> &str {
-        // Only ids that passed `is_valid` (ASCII) or hex digits get here.
+        // Only ids that passed `is_valid` (ASCII), hex digits and the empty default get here.
         std::str::from_utf8(self.0.as_bytes()).unwrap_or_default()
     }
 }
@@ -74,7 +74,10 @@ pub fn generate() -> RequestId {
     match HeaderValue::from_maybe_shared(Bytes::from_owner(HexId(text))) {
         Ok(value) => RequestId(value),
         // Unreachable: hex digits are valid header bytes.
-        Err(_) => RequestId::default(),
+        Err(_) => {
+            debug_assert!(false, "hex digits rejected as a header value");
+            RequestId::default()
+        }
     }
 }
 
@@ -89,9 +92,12 @@ mod tests {
     #[test]
     fn valid_client_ids_are_kept() {
         for id in ["a", "client-id.42:a_b", &"x".repeat(128)] {
-            let got = assign_bytes(id.as_bytes());
+            let client = HeaderValue::from_bytes(id.as_bytes()).expect("header value");
+            let got = assign(Some(&client));
             assert_eq!(got.as_str(), id);
             assert_eq!(got.header(), id);
+            // Kept without a copy: the header shares the client's bytes.
+            assert_eq!(got.header().as_bytes().as_ptr(), client.as_bytes().as_ptr());
         }
     }
 

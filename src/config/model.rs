@@ -163,7 +163,7 @@ impl Plan {
         if route_mask.is_power_of_two() {
             return self.by_route[route_mask.trailing_zeros() as usize].clone();
         }
-        LimitSet::new(
+        LimitSet::for_one_request(
             self.limits
                 .iter()
                 .filter(|l| l.route.is_none_or(|r| route_mask & (1 << r) != 0))
@@ -174,30 +174,41 @@ impl Plan {
 }
 
 /// Limits that apply to a request together, in config order, with their `RateLimit-Policy`
-/// and `X-RateLimit-Limit` values, which depend only on the limits and so are built once per
-/// config, not per request.
+/// and `X-RateLimit-Limit` values, which depend only on the limits. The sets of requests that
+/// match one route or none are built once per config ([`LimitSet::new`]); a request matching
+/// several routes at once builds its own ([`LimitSet::for_one_request`]).
 #[derive(Debug, Clone)]
 pub struct LimitSet {
     /// The limits.
     pub specs: Arc<[LimitSpec]>,
     /// `RateLimit-Policy` for them.
     pub policy: HeaderValue,
-    /// `X-RateLimit-Limit` of each limit, in the same order.
-    pub maxima: Arc<[HeaderValue]>,
+    /// `X-RateLimit-Limit` of each limit, in the same order; `None` in a set built for one
+    /// request, which makes only the value it sends.
+    pub maxima: Option<Arc<[HeaderValue]>>,
 }
 
 impl LimitSet {
-    /// The set of `specs`, with its header values.
+    /// The set of `specs`, with all its header values (built at load, cloned per request).
     pub fn new(specs: Arc<[LimitSpec]>) -> Self {
-        let policy = ratelimit_headers::policy(&specs);
         let maxima = specs
             .iter()
             .map(|spec| HeaderValue::from(spec.max))
             .collect();
         LimitSet {
+            maxima: Some(maxima),
+            ..Self::for_one_request(specs)
+        }
+    }
+
+    /// The set of `specs` for a single request: its `X-RateLimit-Limit` value is made only
+    /// for the limit it reports.
+    pub fn for_one_request(specs: Arc<[LimitSpec]>) -> Self {
+        let policy = ratelimit_headers::policy(&specs);
+        LimitSet {
             specs,
             policy,
-            maxima,
+            maxima: None,
         }
     }
 }
