@@ -179,7 +179,8 @@ async fn request_ids_are_kept_when_valid_replaced_otherwise_and_reach_the_upstre
 
 #[tokio::test]
 async fn a_refused_upstream_connection_gives_503() {
-    let dead = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let refusing = RefusingAddr::new();
+    let dead = refusing.addr();
     let gw = Gateway::start(move |p, a| jettson_config(p, a, dead, ""));
     let r = client()
         .get(gw.url("/api/v1/agents"))

@@ -107,8 +107,8 @@ async fn each_kind_of_request_writes_exactly_one_log_line_with_the_right_fields(
 
 #[tokio::test]
 async fn an_unreachable_upstream_is_logged_as_503_with_the_key() {
-    let dead = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let gw = gateway_with_env(dead, &[]);
+    let refusing = RefusingAddr::new();
+    let gw = gateway_with_env(refusing.addr(), &[]);
     let r = client()
         .get(gw.url("/api/v1/agents"))
         .bearer_auth(PRO)
@@ -162,10 +162,8 @@ async fn tokens_bodies_and_query_strings_never_reach_any_log_even_at_trace() {
         .send()
         .await
         .ok();
-    let dead_gw = gateway_with_env(
-        std::net::SocketAddr::from(([127, 0, 0, 1], free_port())),
-        &[("RUST_LOG", "trace")],
-    );
+    let refusing = RefusingAddr::new();
+    let dead_gw = gateway_with_env(refusing.addr(), &[("RUST_LOG", "trace")]);
     c.post(dead_gw.url("/api/v1/agents?q=query_secret_94"))
         .bearer_auth(PRO)
         .body(body)

@@ -192,6 +192,28 @@ async fn handle(
     Ok(resp)
 }
 
+/// A loopback address that refuses connections for as long as this value lives. Its port is
+/// bound, so no other test's server can take it, but never listened on, so a connection to it
+/// is reset at once. (A port bound and released could be handed to another test's server, or
+/// to this test's own gateway, which would then answer instead of refusing.)
+pub struct RefusingAddr {
+    socket: tokio::net::TcpSocket,
+}
+
+impl RefusingAddr {
+    pub fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("bind");
+        RefusingAddr { socket }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.socket.local_addr().expect("addr")
+    }
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind")

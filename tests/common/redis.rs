@@ -31,15 +31,22 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    /// Starts on a free port and waits until it answers PING.
+    /// Starts on a free port and waits until it answers PING. The port is bound and released
+    /// to find it, so another test may take it first; the server then exits, and this tries a
+    /// fresh port.
     pub fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
-        let mut server = RedisServer { port, child: None };
-        server.restart();
-        server
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free loopback port")
+                .port();
+            let mut server = RedisServer { port, child: None };
+            match server.launch() {
+                Ok(()) => return server,
+                Err(exited) => eprintln!("redis-server on port {port}: {exited}; trying another"),
+            }
+        }
+        panic!("redis-server did not start on any of 5 ports");
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -57,6 +64,14 @@ impl RedisServer {
 
     /// Starts the server again on the same port (after [`kill`](Self::kill)), empty.
     pub fn restart(&mut self) {
+        if let Err(exited) = self.launch() {
+            panic!("redis-server on port {}: {exited}", self.port);
+        }
+    }
+
+    /// Runs the server on `self.port` and waits until it answers PING; an error when it exits
+    /// first (its port was taken).
+    fn launch(&mut self) -> Result<(), String> {
         self.kill();
         let child = Command::new(binary())
             .args(["--port", &self.port.to_string()])
@@ -76,8 +91,16 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                self.child = None;
+                return Err(format!("exited with {status}"));
+            }
             if self.ping() {
-                return;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
