@@ -16,7 +16,7 @@
 
 use http::header::{HeaderMap, HeaderName};
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::{Error, ErrorType, OrErr};
+use pingora::{ErrorType, OrErr};
 
 /// `X-Request-Id`.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -99,13 +99,6 @@ fn empty_request() -> RequestHeader {
     RequestHeader::from(http::Request::new(()).into_parts().0)
 }
 
-/// A header value from `bytes` (key ids, checked at load); an error rather than a panic
-/// should a control character slip through.
-pub fn value(bytes: &[u8]) -> pingora::Result<http::HeaderValue> {
-    http::HeaderValue::from_bytes(bytes)
-        .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "invalid header value"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,11 +177,5 @@ mod tests {
         h.set_send_end_stream(false);
         edit_request(&mut h, 1, |_| ()).expect("edit");
         assert_eq!(h.send_end_stream(), Some(false));
-    }
-
-    #[test]
-    fn values_with_control_characters_are_an_error() {
-        assert!(value(b"abc-123").is_ok());
-        assert!(value(b"bad\r\nvalue").is_err());
     }
 }

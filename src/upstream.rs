@@ -47,13 +47,10 @@ pub fn worker_pool_key() -> u64 {
 /// Sets the identity and request id headers the upstream sees; the client's copies go first.
 pub fn prepare_request(req: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Result<()> {
     let request_id = ctx.request_id.header();
-    let identity = match &ctx.key {
-        Some(key) => Some((
-            header_map::value(key.id.as_bytes())?,
-            key.plan.header.clone(),
-        )),
-        None => None,
-    };
+    let identity = ctx
+        .key
+        .as_ref()
+        .map(|key| (key.header.clone(), key.plan.header.clone()));
     let strip_authorization = ctx.config.server.strip_authorization;
     header_map::edit_request(req, 3, |headers| {
         if strip_authorization {

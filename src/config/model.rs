@@ -218,6 +218,8 @@ impl LimitSet {
 pub struct ApiKey {
     /// What logs, the upstream and the limiter see.
     pub id: Arc<str>,
+    /// The id as the upstream receives it in `X-Api-Key-Id`, built once at load.
+    pub header: HeaderValue,
     /// The key's plan.
     pub plan: Arc<Plan>,
 }

@@ -148,6 +148,7 @@ impl Config {
                     .unwrap_or_else(|| Arc::new(key.plan.thread_copy()));
                 let key = ApiKey {
                     id: Arc::from(&*key.id),
+                    header: value_copy(&key.header),
                     plan,
                 };
                 (*hash, Arc::new(key))
@@ -233,6 +234,12 @@ mod tests {
         let copied = &copy.keys[hash];
         assert_eq!(copied.id, key.id);
         assert!(!std::sync::Arc::ptr_eq(&copied.id, &key.id));
+        assert_eq!(copied.header, key.header);
+        assert_eq!(key.header.as_bytes(), key.id.as_bytes());
+        assert_ne!(
+            copied.header.as_bytes().as_ptr(),
+            key.header.as_bytes().as_ptr()
+        );
         assert!(!std::sync::Arc::ptr_eq(&copied.plan, &key.plan));
         assert!(std::sync::Arc::ptr_eq(&copied.plan, &copy.plans["free"]));
         // The limits of a request to the `spawn` route (mask bit 0).

@@ -335,8 +335,12 @@ fn keys(
                 k.plan
             ))
         })?;
+        // Checked above: the id's characters are all valid in a header.
+        let header = HeaderValue::from_bytes(k.id.as_bytes())
+            .map_err(|_| invalid(format!("{at}: id cannot go in X-Api-Key-Id")))?;
         let key = ApiKey {
             id: Arc::from(k.id),
+            header,
             plan: plan.clone(),
         };
         if out.insert(hash, Arc::new(key)).is_some() {
