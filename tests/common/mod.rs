@@ -195,12 +195,14 @@ async fn handle(
 /// A loopback address that refuses connections for as long as this value lives. Its port is
 /// bound, so no other test's server can take it, but never listened on, so a connection to it
 /// is reset at once. (A port bound and released could be handed to another test's server, or
-/// to this test's own gateway, which would then answer instead of refusing.)
+/// to this test's own gateway, which would then answer instead of refusing.) The socket has no
+/// `SO_REUSEADDR` on purpose: with it, another socket that sets it could bind the port too.
 pub struct RefusingAddr {
     socket: tokio::net::TcpSocket,
 }
 
 impl RefusingAddr {
+    /// Binds a free loopback port and holds it.
     pub fn new() -> Self {
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         socket
@@ -209,6 +211,7 @@ impl RefusingAddr {
         RefusingAddr { socket }
     }
 
+    /// The address that refuses connections.
     pub fn addr(&self) -> SocketAddr {
         self.socket.local_addr().expect("addr")
     }

@@ -9,6 +9,9 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+// The including module provides `process_listening` (`termsgate::own_listener`'s), since this
+// file is compiled both inside the crate's unit tests and in the integration tests.
+
 /// The server binary: `$REDIS_SERVER`, else `redis-server` on the `PATH`.
 fn binary() -> String {
     std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
@@ -69,8 +72,8 @@ impl RedisServer {
         }
     }
 
-    /// Runs the server on `self.port` and waits until it answers PING; an error when it exits
-    /// first (its port was taken).
+    /// Runs the server on `self.port` and waits until it listens there and answers PING; an
+    /// error when it exits first (its port was taken).
     fn launch(&mut self) -> Result<(), String> {
         self.kill();
         let child = Command::new(binary())
@@ -99,7 +102,13 @@ impl RedisServer {
                 self.child = None;
                 return Err(format!("exited with {status}"));
             }
-            if self.ping() {
+            // The PONG must come from this child: another test's server may hold the port
+            // for the moment the child takes to fail binding it. On Linux the child must be
+            // seen listening; elsewhere /proc cannot tell.
+            let owns = self.child.as_ref().is_some_and(|c| {
+                super::process_listening(c.id(), self.port).unwrap_or(!cfg!(target_os = "linux"))
+            });
+            if owns && self.ping() {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
