@@ -10,6 +10,9 @@ bash scripts/deps.sh --test
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 cargo test
+# The fuzz targets are a workspace of their own (`cargo fuzz`, docs/hardening.md), outside
+# `cargo test`: check that they still build against the library's API.
+cargo check --manifest-path fuzz/Cargo.toml
 
 conformance=../shared/conformance/run.py
 if [ -f "$conformance" ]; then
