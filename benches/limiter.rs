@@ -26,7 +26,7 @@ use criterion::{BenchmarkId, Criterion};
 use termsgate::limiter::redis::RedisLimiter;
 use termsgate::limiter::{Clock, FakeClock, LimitSpec, MemoryLimiter};
 use termsgate::metrics::Metrics;
-use termsgate::own_listener::process_listening;
+use termsgate::own_listener::process_owns_port;
 
 #[path = "../tests/common/redis.rs"]
 mod redis_server;

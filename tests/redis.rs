@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use redis_server::RedisServer;
-use termsgate::own_listener::process_listening;
+use termsgate::own_listener::process_owns_port;
 
 /// The Jettson plans and keys, with a Redis limiter section.
 fn redis_config(port: u16, admin: u16, upstream: std::net::SocketAddr, limiter: &str) -> String {

@@ -365,11 +365,7 @@ impl Gateway {
             // The answer must come from this child: when a port it was given was taken by
             // another test's server first, the child fails to bind it and exits, and whatever
             // holds the port may answer meanwhile.
-            // On Linux the child must be seen listening; elsewhere /proc cannot tell.
-            let owns = |port| {
-                termsgate::own_listener::process_listening(self.child.id(), port)
-                    .unwrap_or(!cfg!(target_os = "linux"))
-            };
+            let owns = |port| termsgate::own_listener::process_owns_port(self.child.id(), port);
             if blocking_status(&format!("http://127.0.0.1:{}/readyz", self.admin)) == Some(200)
                 && owns(self.admin)
                 && owns(self.port)

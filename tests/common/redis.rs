@@ -9,7 +9,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-// The including module provides `process_listening` (`termsgate::own_listener`'s), since this
+// The including module provides `process_owns_port` (`termsgate::own_listener`'s), since this
 // file is compiled both inside the crate's unit tests and in the integration tests.
 
 /// The server binary: `$REDIS_SERVER`, else `redis-server` on the `PATH`.
@@ -103,11 +103,11 @@ impl RedisServer {
                 return Err(format!("exited with {status}"));
             }
             // The PONG must come from this child: another test's server may hold the port
-            // for the moment the child takes to fail binding it. On Linux the child must be
-            // seen listening; elsewhere /proc cannot tell.
-            let owns = self.child.as_ref().is_some_and(|c| {
-                super::process_listening(c.id(), self.port).unwrap_or(!cfg!(target_os = "linux"))
-            });
+            // for the moment the child takes to fail binding it.
+            let owns = self
+                .child
+                .as_ref()
+                .is_some_and(|c| super::process_owns_port(c.id(), self.port));
             if owns && self.ping() {
                 return Ok(());
             }

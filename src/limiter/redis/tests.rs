@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::limiter::model::{check_trace, strategy};
 use crate::limiter::{FakeClock, MemoryLimiter};
-use crate::own_listener::process_listening;
+use crate::own_listener::process_owns_port;
 
 #[path = "../../../tests/common/redis.rs"]
 mod server;
