@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::config::{ApiKey, Config, LimitSet};
 use crate::error::GatewayError;
-use crate::limiter::LimitStatus;
+use crate::limiter::Statuses;
 use crate::request_id::RequestId;
 use crate::state::InflightGuard;
 
@@ -28,7 +28,7 @@ pub struct RequestCtx {
     /// Limits that matched, and their state after this request.
     pub limits: Option<LimitSet>,
     /// One status per matched limit.
-    pub statuses: Vec<LimitStatus>,
+    pub statuses: Statuses,
     /// Name of the limit that refused the request.
     pub limited: Option<Arc<str>>,
     /// The error the gateway answered with, if any.
@@ -54,7 +54,7 @@ impl RequestCtx {
             key: None,
             route_mask: 0,
             limits: None,
-            statuses: Vec::new(),
+            statuses: Statuses::new(),
             limited: None,
             error: None,
             upstream_sent: None,

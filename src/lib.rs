@@ -19,6 +19,7 @@ pub mod control;
 pub mod demo;
 pub mod diagnostics;
 pub mod error;
+pub mod header_bytes;
 pub mod header_map;
 pub mod keys;
 pub mod limiter;

@@ -5,10 +5,12 @@
 //! more (0 when it has room now), rounded up. The `X-RateLimit-*` trio describes the matching
 //! limit with the least left, and `X-RateLimit-Reset` is that limit's `t`.
 
+use bytes::{BufMut, BytesMut};
 use http::header::InvalidHeaderValue;
 use http::{HeaderMap, HeaderValue};
 
 use crate::config::LimitSet;
+use crate::header_bytes;
 use crate::header_map::{
     RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
 };
@@ -28,28 +30,34 @@ fn wait_secs(status: &LimitStatus) -> u64 {
 
 /// Appends `"name";k1=v1;k2=v2` to a list item by item (itoa, not `format!`: this runs on every
 /// limited request).
-fn push_item(out: &mut String, name: &str, (k1, v1): (&str, u64), (k2, v2): (&str, u64)) {
+fn push_item(out: &mut BytesMut, name: &str, (k1, v1): (&str, u64), (k2, v2): (&str, u64)) {
     if !out.is_empty() {
-        out.push_str(", ");
+        out.put_slice(b", ");
     }
     let mut num = itoa::Buffer::new();
-    out.push('"');
-    out.push_str(name);
-    out.push_str("\";");
-    out.push_str(k1);
-    out.push('=');
-    out.push_str(num.format(v1));
-    out.push(';');
-    out.push_str(k2);
-    out.push('=');
-    out.push_str(num.format(v2));
+    out.put_u8(b'"');
+    out.put_slice(name.as_bytes());
+    out.put_slice(b"\";");
+    out.put_slice(k1.as_bytes());
+    out.put_u8(b'=');
+    out.put_slice(num.format(v1).as_bytes());
+    out.put_u8(b';');
+    out.put_slice(k2.as_bytes());
+    out.put_u8(b'=');
+    out.put_slice(num.format(v2).as_bytes());
+}
+
+/// Longest item [`push_item`] writes for a limit named `name`, with its separator.
+fn item_len(name: &str) -> usize {
+    // `, "` + name + `";` + two keys of one letter, `=`, up to 20 digits, and one `;`.
+    name.len() + 5 + 2 * 22 + 1
 }
 
 /// The `RateLimit-Policy` value for `limits`: it depends only on the config, so it is built
 /// once per limit set (`config::LimitSet`) at load; only a request matching several routes at
 /// once has its set built, and this called, per request.
 pub fn policy(limits: &[LimitSpec]) -> HeaderValue {
-    let mut policy = String::with_capacity(64 * limits.len());
+    let mut policy = BytesMut::with_capacity(limits.iter().map(|s| item_len(&s.name)).sum());
     for spec in limits {
         let max = u64::from(spec.max);
         push_item(
@@ -59,7 +67,7 @@ pub fn policy(limits: &[LimitSpec]) -> HeaderValue {
             ("w", spec.window_ms / 1000),
         );
     }
-    HeaderValue::try_from(policy)
+    HeaderValue::from_maybe_shared(policy.freeze())
         .expect("limit names are printable ASCII without quotes (config validation)")
 }
 
@@ -73,16 +81,13 @@ pub fn apply(
     if specs.is_empty() || specs.len() != statuses.len() {
         return Ok(());
     }
-    let mut state = String::with_capacity(48 * specs.len());
-    for (spec, status) in specs.iter().zip(statuses) {
-        let remaining = u64::from(status.remaining);
-        push_item(
-            &mut state,
-            &spec.name,
-            ("r", remaining),
-            ("t", wait_secs(status)),
-        );
-    }
+    let state_len = specs.iter().map(|spec| item_len(&spec.name)).sum();
+    let state = header_bytes::build(state_len, |buf| {
+        for (spec, status) in specs.iter().zip(statuses) {
+            let remaining = u64::from(status.remaining);
+            push_item(buf, &spec.name, ("r", remaining), ("t", wait_secs(status)));
+        }
+    })?;
     let tightest = specs
         .iter()
         .zip(statuses)
@@ -91,25 +96,28 @@ pub fn apply(
             (status.remaining, u64::MAX - wait_secs(status), spec.max)
         });
     headers.insert(RATELIMIT_POLICY, limits.policy.clone());
-    headers.insert(RATELIMIT, HeaderValue::try_from(state)?);
+    headers.insert(RATELIMIT, state);
     if let Some((i, (spec, status))) = tightest {
         let max = match limits.maxima.as_ref().and_then(|maxima| maxima.get(i)) {
             Some(max) => max.clone(),
             None => HeaderValue::from(spec.max),
         };
         headers.insert(X_RATELIMIT_LIMIT, max);
-        headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(status.remaining));
+        headers.insert(
+            X_RATELIMIT_REMAINING,
+            header_bytes::number(status.remaining.into()),
+        );
         headers.insert(X_RATELIMIT_RESET, seconds_value(wait_secs(status)));
     }
     Ok(())
 }
 
-/// A count of seconds as a header value; the common 0 without an allocation.
+/// A count of seconds as a header value; the common 0 is a constant.
 fn seconds_value(secs: u64) -> HeaderValue {
     if secs == 0 {
         HeaderValue::from_static("0")
     } else {
-        HeaderValue::from(secs)
+        header_bytes::number(secs)
     }
 }
 

@@ -13,11 +13,12 @@ use crate::header_map::{self, X_API_KEY_ID, X_API_PLAN, X_REQUEST_ID};
 
 /// The upstream peer, with the current config's address and timeouts.
 pub fn peer(server: &ServerSettings) -> Box<HttpPeer> {
-    let mut peer = HttpPeer::new(
-        server.upstream_addr,
-        server.upstream_tls,
-        server.upstream_sni.clone(),
-    );
+    // SNI means something only over TLS; an empty one costs no allocation per request.
+    let sni = match server.upstream_tls {
+        true => server.upstream_sni.clone(),
+        false => String::new(),
+    };
+    let mut peer = HttpPeer::new(server.upstream_addr, server.upstream_tls, sni);
     let timeout = Some(server.upstream_timeout);
     peer.options.connection_timeout = timeout;
     peer.options.total_connection_timeout = timeout;

@@ -110,13 +110,17 @@ pub struct LimitStatus {
     pub wait_ms: u64,
 }
 
+/// One status per limit of a request, inline up to four: a request matches one to three limits
+/// in the configs here, so a decision allocates nothing for them.
+pub type Statuses = smallvec::SmallVec<[LimitStatus; 4]>;
+
 /// Outcome of [`MemoryLimiter::check_and_charge`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
     /// Every limit had room and the request now counts in all of them.
     Admitted {
         /// One status per spec, in the order of the specs.
-        statuses: Vec<LimitStatus>,
+        statuses: Statuses,
     },
     /// Some limit had no room and the request counts in none of them.
     Refused {
@@ -125,7 +129,7 @@ pub enum Decision {
         /// That wait, in milliseconds; always > 0.
         retry_after_ms: u64,
         /// One status per spec, in the order of the specs.
-        statuses: Vec<LimitStatus>,
+        statuses: Statuses,
     },
 }
 

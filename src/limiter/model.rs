@@ -281,7 +281,7 @@ mod tests {
                 if t_ms / spec.window_ms != window_start_ms {
                     (window_start_ms, count) = (t_ms / spec.window_ms, 0);
                 }
-                let statuses = vec![crate::limiter::LimitStatus {
+                let statuses = smallvec::smallvec![crate::limiter::LimitStatus {
                     remaining: 1,
                     wait_ms: 0,
                 }];

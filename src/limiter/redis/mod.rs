@@ -32,7 +32,7 @@ use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
 
-use super::{Clock, Decision, LimitSpec, LimitStatus, MonotonicClock};
+use super::{Clock, Decision, LimitSpec, LimitStatus, MonotonicClock, Statuses};
 
 #[cfg(test)]
 mod tests;
@@ -118,7 +118,7 @@ struct CachedRefusal {
     /// Local time until which the key is refused, in ms.
     until_ms: u64,
     limit_index: usize,
-    statuses: Vec<LimitStatus>,
+    statuses: Statuses,
 }
 
 impl CachedRefusal {
@@ -243,7 +243,7 @@ impl RedisLimiter {
     ) -> Result<Decision, BackendError> {
         if limits.is_empty() {
             return Ok(Decision::Admitted {
-                statuses: Vec::new(),
+                statuses: Statuses::new(),
             });
         }
         let local_now_ms = fixed_now_ms.unwrap_or_else(|| self.clock.now_ms());
@@ -369,7 +369,7 @@ fn parse_reply(reply: &[i64], limit_count: usize) -> Result<Decision, BackendErr
                 wait_ms: non_negative(pair[1])?,
             })
         })
-        .collect::<Result<Vec<_>, BackendError>>()?;
+        .collect::<Result<Statuses, BackendError>>()?;
     let refusing = usize::try_from(reply[0]).map_err(|_| malformed())?;
     if refusing == 0 {
         return Ok(Decision::Admitted { statuses });

@@ -323,7 +323,7 @@ fn replies_are_parsed_strictly() {
     assert_eq!(
         parse_reply(&[0, 0, 4, 0], 1).ok(),
         Some(Decision::Admitted {
-            statuses: vec![LimitStatus {
+            statuses: smallvec::smallvec![LimitStatus {
                 remaining: 4,
                 wait_ms: 0
             }]
@@ -334,7 +334,7 @@ fn replies_are_parsed_strictly() {
         Some(Decision::Refused {
             limit_index: 1,
             retry_after_ms: 70,
-            statuses: vec![
+            statuses: smallvec::smallvec![
                 LimitStatus {
                     remaining: 1,
                     wait_ms: 0
