@@ -439,8 +439,13 @@ impl HttpSession {
     /// Similar to [`Self::read_response()`], read the response header and then return a copy of it.
     pub async fn read_resp_header_parts(&mut self) -> Result<Box<ResponseHeader>> {
         self.read_response().await?;
+        // termsgate patch: hand out the parsed header, which has room for the headers a proxy
+        // adds (`PROXY_HEADER_HEADROOM`), and keep the copy, which nothing here adds to. A
+        // clone's entries have no spare room, so the proxy's first added header grew them.
         // safe to unwrap because it is just read
-        Ok(Box::new(self.resp_header().unwrap().clone()))
+        let parsed = self.response_header.take().unwrap();
+        self.response_header = Some(Box::new((*parsed).clone()));
+        Ok(parsed)
     }
 
     /// Return a reference of the [`ResponseHeader`] if the response is read
