@@ -1,6 +1,8 @@
 //! Decides whether a request may go upstream: request id, client IP, brute-force guard,
 //! authentication, body size, then the plan's limits. Each step is one module's call.
 
+use std::time::Instant;
+
 use pingora::proxy::Session;
 
 use crate::auth;
@@ -20,9 +22,7 @@ pub async fn admit(
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) -> Result<(), GatewayError> {
-    if let Some(first_byte) = conn_guard::begin_request(session) {
-        ctx.started = first_byte;
-    }
+    ctx.started = Some(conn_guard::begin_request(session).unwrap_or_else(Instant::now));
     let req = session.req_header();
     ctx.request_id = request_id::assign(req.headers.get(&X_REQUEST_ID));
     let peer = session

@@ -13,8 +13,9 @@ use crate::state::InflightGuard;
 /// What one request has learnt so far. Holds the config snapshot it started with, so every
 /// phase of the request sees the same config even if a reload happens meanwhile.
 pub struct RequestCtx {
-    /// When the gateway started on this request.
-    pub started: Instant,
+    /// When the request's first byte arrived (or, failing that, when admission began); set by
+    /// admission, so that making a context reads no clock.
+    pub started: Option<Instant>,
     /// The config snapshot for this request, loaded once.
     pub config: Arc<Config>,
     /// The request id (client's, if valid; else generated).
@@ -47,7 +48,7 @@ impl RequestCtx {
     /// A fresh context on the current config.
     pub fn new(config: Arc<Config>, inflight: InflightGuard) -> Self {
         RequestCtx {
-            started: Instant::now(),
+            started: None,
             config,
             request_id: RequestId::default(),
             client_ip: None,
