@@ -2,7 +2,7 @@
 """Turns one run of benches/load/run.sh into a summary, results.md and results.svg.
 
 Reads the raw outputs in the run's scratch directory: wrk/<target>.<round>.txt (wrk --latency)
-and oha/<target>.json (oha --output-format json). Standard library only; the SVG is written by
+and oha/<target>.<round>.json (oha --output-format json). Standard library only; the SVG is written by
 hand so that nothing beyond Debian's python3 is needed.
 """
 
@@ -90,8 +90,27 @@ def collect(workdir):
             "p99": statistics.median(r["p99"] for r in runs),
             "errors": sum(r["non2xx"] + r["socket_errors"] for r in runs),
         }
-    oha = {t: parse_oha(os.path.join(workdir, "oha", f"{t}.json")) for t in TARGETS}
+    oha = {t: oha_rounds(workdir, t) for t in TARGETS}
     return wrk, oha
+
+
+def oha_rounds(workdir, target):
+    """The fixed-rate rounds of one target: per-round figures and their medians."""
+    paths = sorted(glob.glob(os.path.join(workdir, "oha", f"{target}.*.json")))
+    runs = [r for r in (parse_oha(p) for p in paths) if r]
+    if not runs:
+        return None
+    not_ok = {}
+    for r in runs:
+        for kind, n in r["not_ok"].items():
+            not_ok[kind] = not_ok.get(kind, 0) + n
+    return {
+        "runs": runs,
+        **{k: statistics.median(r[k] for r in runs) for k in ("rps", "p50", "p99", "p999")},
+        "ok": sum(r["ok"] for r in runs),
+        "total": sum(r["total"] for r in runs),
+        "not_ok": not_ok,
+    }
 
 
 def access_log_info(workdir):
@@ -167,7 +186,9 @@ def write_svg(path, wrk, oha, rate, meta):
         for t in TARGETS:
             o = oha[t] or {"p99": float("nan"), "p999": float("nan")}
             rows.append((t, [(o["p99"], COLORS[t], "p99"), (o["p999"], COLORS[t] + "99", "p99.9")]))
-        p3, h3 = bar_panel(10 + 2 * width / 3, 50, panel_w, f"At {rate:,} req/s: p99 / p99.9", rows, fmt_us)
+        p3, h3 = bar_panel(
+            10 + 2 * width / 3, 50, panel_w, f"At {rate:,} req/s: p99 / p99.9 (median)", rows, fmt_us
+        )
         parts += p3
         bottom = max(bottom, h3)
     else:
@@ -272,22 +293,24 @@ def write_md(path, wrk, oha, rate, meta, log_lines, dropped, per_request):
     if any(oha.values()):
         out += [
             f"Fixed rate: {rate:,} req/s (about half of bare's median), "
-            f"`oha -z {meta.get('rate_seconds', '10')}s -c {meta.get('connections', '32')} -q {rate} --latency-correction`.",
+            f"`oha -z {meta.get('rate_seconds', '6')}s -c {meta.get('connections', '32')} -q {rate} --latency-correction`, "
+            f"{meta.get('rate_rounds', '?')} alternating rounds, medians:",
             "",
-            "| target | achieved req/s | p50 | p99 | p99.9 | p99 added over bare | p99.9 added over bare | 200s / total |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| target | achieved req/s | p50 | p99 | p99.9 | p99 added over bare | p99.9 added over bare | p99 per round | 200s / total |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
         ]
         b = oha["bare"]
         for t in TARGETS:
             o = oha[t]
             if not o:
-                out.append(f"| {t} | failed | | | | | | |")
+                out.append(f"| {t} | failed | | | | | | | |")
                 continue
             add99 = fmt_signed_us(o["p99"] - b["p99"]) if b and t != "bare" else "—"
             add999 = fmt_signed_us(o["p999"] - b["p999"]) if b and t != "bare" else "—"
+            per_round = ", ".join(fmt_us(r["p99"]) for r in o["runs"])
             out.append(
                 f"| {t} | {o['rps']:,.0f} | {fmt_us(o['p50'])} | {fmt_us(o['p99'])} | {fmt_us(o['p999'])} "
-                f"| {add99} | {add999} | {o['ok']:,} / {o['total']:,} |"
+                f"| {add99} | {add999} | {per_round} | {o['ok']:,} / {o['total']:,} |"
             )
         out.append("")
         not_ok = [
@@ -325,7 +348,7 @@ def print_summary(wrk, oha, rate):
     print(f"termsgate/nginx-terms = {gate['rps'] / terms['rps']:.3f}   (target >= 1.0)")
     if any(oha.values()):
         b = oha["bare"]
-        print(f"\nfixed rate {rate:,} req/s (oha --latency-correction):")
+        print(f"\nfixed rate {rate:,} req/s (oha --latency-correction; medians of the rounds):")
         print(f"{'target':<12} {'p50':>10} {'p99':>10} {'p99.9':>10} {'+p99':>10} {'+p99.9':>10}")
         for t in TARGETS:
             o = oha[t]

@@ -9,7 +9,8 @@
 #   DURATION [5s]     length of one wrk run
 #   CONNECTIONS [32]  wrk / oha connections
 #   WORKERS [nproc]   worker threads of both Pingora proxies and worker processes of nginx-terms
-#   RATE_SECONDS [10] length of each fixed-rate oha run
+#   RATE_SECONDS [6]  length of each fixed-rate oha run
+#   RATE_ROUNDS [3]   alternating fixed-rate rounds per target (the median is reported)
 #   KEEP=1            keep the scratch directory (configs, logs, raw outputs)
 #   INSTALL_OHA=0     do not build oha when it is missing (skip the fixed-rate section)
 #   PER_REQUEST=0     skip measuring CPU time and system calls per request of each target
@@ -24,7 +25,8 @@ ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-5s}
 CONNECTIONS=${CONNECTIONS:-32}
 WORKERS=${WORKERS:-$(nproc)}
-RATE_SECONDS=${RATE_SECONDS:-10}
+RATE_SECONDS=${RATE_SECONDS:-6}
+RATE_ROUNDS=${RATE_ROUNDS:-3}
 KEEP=${KEEP:-}
 INSTALL_OHA=${INSTALL_OHA:-1}
 PER_REQUEST=${PER_REQUEST:-1}
@@ -290,12 +292,21 @@ RATE=$((BARE_MEDIAN / 2))
 # ---------------------------------------------------------------------------------------------
 mkdir -p "$WORKDIR/oha"
 if [ -n "$OHA" ]; then
-    log "fixed rate: $RATE req/s for ${RATE_SECONDS}s per target (oha --latency-correction)"
-    for t in "${TARGETS[@]}"; do
-        "$OHA" --no-tui --output-format json -z "${RATE_SECONDS}s" -c "$CONNECTIONS" -q "$RATE" \
-            --latency-correction \
-            -H "Authorization: Bearer $TOKEN" "$(url "$t")" >"$WORKDIR/oha/$t.json" 2>"$WORKDIR/oha/$t.err" ||
-            log "oha failed on $t: $(tail -1 "$WORKDIR/oha/$t.err")"
+    log "fixed rate: $RATE req/s, ${RATE_SECONDS}s per target and round, $RATE_ROUNDS rounds (oha --latency-correction)"
+    # Alternating rounds, as for throughput: one disturbed run moves a median of three less
+    # than it moves a single run.
+    for ((r = 1; r <= RATE_ROUNDS; r++)); do
+        line="round $r/$RATE_ROUNDS p99:"
+        for ((i = 0; i < n; i++)); do
+            t=${TARGETS[$(((i + r - 1) % n))]}
+            out="$WORKDIR/oha/$t.$r.json"
+            "$OHA" --no-tui --output-format json -z "${RATE_SECONDS}s" -c "$CONNECTIONS" -q "$RATE" \
+                --latency-correction \
+                -H "Authorization: Bearer $TOKEN" "$(url "$t")" >"$out" 2>"$WORKDIR/oha/$t.$r.err" ||
+                log "oha failed on $t: $(tail -1 "$WORKDIR/oha/$t.$r.err")"
+            line+=" $t $(python3 -c 'import json, sys; print("%.0f us" % (json.load(open(sys.argv[1]))["latencyPercentiles"]["p99"] * 1e6))' "$out" 2>/dev/null || echo '?')"
+        done
+        log "$line"
     done
 else
     log "oha is missing: the fixed-rate latency is not measured"
@@ -322,6 +333,7 @@ python3 "$HERE/report.py" \
     --meta "duration=$DURATION" \
     --meta "connections=$CONNECTIONS" \
     --meta "rate_seconds=$RATE_SECONDS" \
+    --meta "rate_rounds=$RATE_ROUNDS" \
     --meta "nginx=$("$NGINX" -v 2>&1 | sed 's|.*/||')" \
     --meta "wrk=$(dpkg-query -W -f '${Version}' wrk 2>/dev/null || echo '?')" \
     --meta "oha=$([ -n "$OHA" ] && "$OHA" --version | awk '{print $2}' || echo 'missing')" \
