@@ -297,8 +297,8 @@ if [ -n "$OHA" ]; then
     # than it moves a single run.
     for ((r = 1; r <= RATE_ROUNDS; r++)); do
         line="round $r/$RATE_ROUNDS p99:"
-        for ((i = 0; i < n; i++)); do
-            t=${TARGETS[$(((i + r - 1) % n))]}
+        for ((i = 0; i < ${#TARGETS[@]}; i++)); do
+            t=${TARGETS[$(((i + r - 1) % ${#TARGETS[@]}))]}
             out="$WORKDIR/oha/$t.$r.json"
             "$OHA" --no-tui --output-format json -z "${RATE_SECONDS}s" -c "$CONNECTIONS" -q "$RATE" \
                 --latency-correction \
