@@ -1,7 +1,7 @@
 //! The way to the upstream: the peer for a request, the headers it receives, and what a
 //! failure on the way means for the client.
 
-use http::header::{HeaderMap, HeaderName, AUTHORIZATION};
+use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONNECTION};
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
@@ -60,6 +60,7 @@ pub fn prepare_request(req: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Re
         for name in lookalikes(headers) {
             headers.remove(name);
         }
+        keep_ours_end_to_end(headers);
         // `insert` replaces every copy the client sent.
         headers.insert(X_REQUEST_ID, request_id);
         match identity {
@@ -73,6 +74,46 @@ pub fn prepare_request(req: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Re
             }
         }
     })
+}
+
+/// The gateway's own headers, as the upstream receives them.
+const IDENTITY: [HeaderName; 3] = [X_REQUEST_ID, X_API_KEY_ID, X_API_PLAN];
+
+/// Takes the gateway's identity headers out of the client's `Connection` list. Pingora drops
+/// from the request it forwards every header named there (hop-by-hop), and these headers are
+/// set before that happens: a client could otherwise keep them from the upstream.
+fn keep_ours_end_to_end(headers: &mut HeaderMap) {
+    if !nominations(headers).any(is_ours) {
+        return;
+    }
+    let kept = nominations(headers)
+        .filter(|token| !is_ours(token))
+        .collect::<Vec<_>>()
+        .join(&b", "[..]);
+    match HeaderValue::from_bytes(&kept) {
+        Ok(value) if !kept.is_empty() => {
+            headers.insert(CONNECTION, value);
+        }
+        _ => {
+            headers.remove(CONNECTION);
+        }
+    }
+}
+
+/// The header names the request's `Connection` headers list.
+fn nominations(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|token| !token.is_empty())
+}
+
+fn is_ours(name: &[u8]) -> bool {
+    IDENTITY
+        .iter()
+        .any(|ours| name.eq_ignore_ascii_case(ours.as_str().as_bytes()))
 }
 
 /// Client headers that would pass for the gateway's identity headers at an upstream that
@@ -90,11 +131,7 @@ fn lookalikes(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .keys()
         .filter(|name| name.as_str().contains('_'))
-        .filter(|name| {
-            [X_REQUEST_ID, X_API_KEY_ID, X_API_PLAN]
-                .iter()
-                .any(|ours| passes_for(name, ours))
-        })
+        .filter(|name| IDENTITY.iter().any(|ours| passes_for(name, ours)))
         .cloned()
         .collect()
 }
@@ -151,6 +188,36 @@ pub fn classify(e: &Error) -> (Option<GatewayError>, Option<&'static str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn connection(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append(CONNECTION, HeaderValue::from_str(v).expect("value"));
+        }
+        keep_ours_end_to_end(&mut headers);
+        headers
+    }
+
+    #[test]
+    fn only_our_names_leave_the_connection_list() {
+        let h = connection(&[
+            "keep-alive, X-Api-Key-Id ,x-api-plan",
+            "X-REQUEST-ID, X-Other",
+        ]);
+        assert_eq!(
+            h.get_all(CONNECTION).iter().collect::<Vec<_>>(),
+            ["keep-alive, X-Other"]
+        );
+        assert!(connection(&["x-request-id", " , X-Api-Plan"])
+            .get(CONNECTION)
+            .is_none());
+        // Without our names the header is left exactly as it came.
+        let h = connection(&["keep-alive", "Upgrade,  ,x-other"]);
+        assert_eq!(
+            h.get_all(CONNECTION).iter().collect::<Vec<_>>(),
+            ["keep-alive", "Upgrade,  ,x-other"]
+        );
+    }
 
     #[test]
     fn each_worker_thread_has_its_own_pool_group() {

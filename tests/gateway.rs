@@ -117,6 +117,34 @@ async fn identity_headers_are_set_and_client_copies_removed() {
     );
 }
 
+#[test]
+fn a_client_cannot_nominate_the_identity_headers_as_hop_by_hop() {
+    use std::io::{Read, Write};
+    // Pingora drops from the request it forwards every header the client names in
+    // `Connection`; naming ours must not keep them from the upstream.
+    let up = Upstream::start();
+    let gw = gateway(&up, "");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET /api/v1/agents/ag_1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {PRO}\r\n\
+         Connection: close, X-Api-Key-Id,x-api-plan\r\nConnection: X-REQUEST-ID\r\n\
+         X-Upstream-Only: 1\r\nConnection: X-Upstream-Only\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let seen = up.last().expect("upstream saw the request");
+    assert_eq!(seen.header("x-api-key-id"), vec!["key_pro"]);
+    assert_eq!(seen.header("x-api-plan"), vec!["pro"]);
+    assert_eq!(seen.header("x-request-id").len(), 1);
+    // Other nominations still hold.
+    assert!(seen.header("x-upstream-only").is_empty());
+}
+
 #[tokio::test]
 async fn strip_authorization_keeps_the_token_from_the_upstream() {
     let up = Upstream::start();
