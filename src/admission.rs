@@ -1,5 +1,6 @@
 //! Decides whether a request may go upstream: request id, client IP, brute-force guard,
-//! authentication, body size, then the plan's limits. Each step is one module's call.
+//! authentication, body size, then the plan's limits; an admitted request then gets the
+//! headers the upstream sees. Each step is one module's call.
 
 use std::time::Instant;
 
@@ -15,6 +16,7 @@ use crate::limiter::backend::Verdict;
 use crate::limiter::{retry_after_secs, Decision};
 use crate::request_id;
 use crate::state::Shared;
+use crate::upstream;
 
 /// Runs every admission step; `Err` is the answer to send instead of proxying.
 pub async fn admit(
@@ -64,7 +66,12 @@ pub async fn admit(
         ))
         .await?;
     }
-    apply_limits(shared, ctx, &key).await
+    apply_limits(shared, ctx, &key).await?;
+    // Set now, not in `upstream_request_filter`: Pingora forwards a copy of the client's
+    // request, and only the parsed original has room for the headers we add
+    // (vendor/README.md, item 3).
+    upstream::prepare_request(session.req_header_mut(), ctx)
+        .map_err(|_| GatewayError::HeadersTooLarge)
 }
 
 /// A body without `Content-Length` (chunked).

@@ -110,6 +110,12 @@ impl GuardedStream {
         (was == HEADER).then(|| instant_at(self.since.load(Ordering::Relaxed)))
     }
 
+    /// When the current request's first byte arrived, if its header is still being read.
+    fn first_byte(&self) -> Option<Instant> {
+        (self.phase.load(Ordering::Relaxed) == HEADER)
+            .then(|| instant_at(self.since.load(Ordering::Relaxed)))
+    }
+
     /// Called on a read that found no data: waits for the phase's deadline alongside it.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let phase = self.phase.load(Ordering::Relaxed);
@@ -291,6 +297,12 @@ fn guarded(stream: &Stream) -> Option<&GuardedStream> {
 /// when the request's first byte arrived, when known.
 pub(crate) fn begin_request(session: &pingora::proxy::Session) -> Option<Instant> {
     session.stream().and_then(guarded)?.begin_request()
+}
+
+/// When the request on `session` began arriving, if admission has not taken it yet (see
+/// [`begin_request`]); changes nothing.
+pub(crate) fn first_byte(session: &pingora::proxy::Session) -> Option<Instant> {
+    session.stream().and_then(guarded)?.first_byte()
 }
 
 /// Serves HTTP/1 connections through `inner` (the proxy), each wrapped in a [`GuardedStream`].

@@ -1,5 +1,6 @@
 //! Header values made per request, cut from a buffer per worker thread instead of allocated
-//! one by one: a generated request id, the `RateLimit` state and `X-RateLimit-Remaining`.
+//! one by one: a generated request id, the `RateLimit` state, `X-RateLimit-Remaining` and a
+//! non-zero `X-RateLimit-Reset`.
 //!
 //! Built the usual way, each of these costs one or two allocations per request (`http` turns
 //! a `String` or an integer into `Bytes` through a second, shared block). Here each value is a
@@ -15,7 +16,7 @@ use bytes::{BufMut, BytesMut};
 use http::header::{HeaderValue, InvalidHeaderValue};
 
 /// Size of each thread's chunks.
-pub const CHUNK: usize = 1024;
+pub(crate) const CHUNK: usize = 1024;
 
 thread_local! {
     static BUF: RefCell<BytesMut> = RefCell::new(BytesMut::new());
@@ -23,7 +24,7 @@ thread_local! {
 
 /// A header value written by `write`, which should write at most `max_len` bytes (more still
 /// works, at the cost of an allocation).
-pub fn build(
+pub(crate) fn build(
     max_len: usize,
     write: impl FnOnce(&mut BytesMut),
 ) -> Result<HeaderValue, InvalidHeaderValue> {
@@ -39,7 +40,7 @@ pub fn build(
 }
 
 /// A number as a header value.
-pub fn number(n: u64) -> HeaderValue {
+pub(crate) fn number(n: u64) -> HeaderValue {
     let mut digits = itoa::Buffer::new();
     let digits = digits.format(n).as_bytes();
     // Digits are always valid; the fallback only keeps a panic off the request path.

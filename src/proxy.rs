@@ -38,13 +38,7 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         match admission::admit(&self.shared, session, ctx).await {
-            Ok(()) => {
-                // Edited here, not in `upstream_request_filter`: Pingora forwards a copy of
-                // the client's request, and only the parsed original has room for the
-                // headers we add (vendor/README.md, item 3).
-                upstream::prepare_request(session.req_header_mut(), ctx)?;
-                Ok(false)
-            }
+            Ok(()) => Ok(false),
             Err(err) => {
                 // Boxed: only refusals need the writer's state in their future.
                 Box::pin(respond::send_error(session, ctx, err)).await?;
@@ -77,7 +71,7 @@ impl ProxyHttp for Gateway {
         _upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // The request's headers were set at admission (`request_filter`).
+        // The headers the upstream sees were set at admission.
         ctx.upstream_sent = Some(Instant::now());
         Ok(())
     }

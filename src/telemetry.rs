@@ -25,7 +25,7 @@ pub fn record(shared: &Shared, session: &Session, ctx: &RequestCtx) {
     // byte, if the connection guard saw it, else now.
     let started = ctx
         .started
-        .or_else(|| conn_guard::begin_request(session))
+        .or_else(|| conn_guard::first_byte(session))
         .unwrap_or(now);
     let latency = now.saturating_duration_since(started);
     let req = session.req_header();

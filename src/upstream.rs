@@ -14,9 +14,10 @@ use crate::header_map::{self, X_API_KEY_ID, X_API_PLAN, X_REQUEST_ID};
 /// The upstream peer, with the current config's address and timeouts.
 pub fn peer(server: &ServerSettings) -> Box<HttpPeer> {
     // SNI means something only over TLS; an empty one costs no allocation per request.
-    let sni = match server.upstream_tls {
-        true => server.upstream_sni.clone(),
-        false => String::new(),
+    let sni = if server.upstream_tls {
+        server.upstream_sni.clone()
+    } else {
+        String::new()
     };
     let mut peer = HttpPeer::new(server.upstream_addr, server.upstream_tls, sni);
     let timeout = Some(server.upstream_timeout);

@@ -50,7 +50,10 @@ def parse_wrk(path):
 def parse_oha(path):
     if not os.path.exists(path) or os.path.getsize(path) == 0:
         return None
-    data = json.load(open(path, encoding="utf-8"))
+    try:
+        data = json.load(open(path, encoding="utf-8"))
+    except ValueError:  # a run cut short
+        return None
     pct = data["latencyPercentiles"]  # seconds
     codes = data.get("statusCodeDistribution", {})
     return {
@@ -77,10 +80,15 @@ def fmt_signed_us(us):
     return ("+" if us >= 0 else "−") + fmt_us(abs(us))
 
 
+def by_round(paths):
+    """Raw output files <target>.<round>.<ext> in round order (2 before 10)."""
+    return sorted(paths, key=lambda p: int(os.path.basename(p).split(".")[-2]))
+
+
 def collect(workdir):
     wrk = {}
     for t in TARGETS:
-        runs = [parse_wrk(p) for p in sorted(glob.glob(os.path.join(workdir, "wrk", f"{t}.*.txt")))]
+        runs = [parse_wrk(p) for p in by_round(glob.glob(os.path.join(workdir, "wrk", f"{t}.*.txt")))]
         if not runs:
             sys.exit(f"report.py: no wrk output for {t} in {workdir}")
         wrk[t] = {
@@ -96,8 +104,8 @@ def collect(workdir):
 
 def oha_rounds(workdir, target):
     """The fixed-rate rounds of one target: per-round figures and their medians."""
-    paths = sorted(glob.glob(os.path.join(workdir, "oha", f"{target}.*.json")))
-    runs = [r for r in (parse_oha(p) for p in paths) if r]
+    parsed = [parse_oha(p) for p in by_round(glob.glob(os.path.join(workdir, "oha", f"{target}.*.json")))]
+    runs = [r for r in parsed if r]
     if not runs:
         return None
     not_ok = {}
@@ -106,6 +114,7 @@ def oha_rounds(workdir, target):
             not_ok[kind] = not_ok.get(kind, 0) + n
     return {
         "runs": runs,
+        "failed": len(parsed) - len(runs),
         **{k: statistics.median(r[k] for r in runs) for k in ("rps", "p50", "p99", "p999")},
         "ok": sum(r["ok"] for r in runs),
         "total": sum(r["total"] for r in runs),
@@ -307,7 +316,9 @@ def write_md(path, wrk, oha, rate, meta, log_lines, dropped, per_request):
                 continue
             add99 = fmt_signed_us(o["p99"] - b["p99"]) if b and t != "bare" else "—"
             add999 = fmt_signed_us(o["p999"] - b["p999"]) if b and t != "bare" else "—"
-            per_round = ", ".join(fmt_us(r["p99"]) for r in o["runs"])
+            per_round = ", ".join(fmt_us(r["p99"]) for r in o["runs"]) + (
+                f" ({o['failed']} failed)" if o["failed"] else ""
+            )
             out.append(
                 f"| {t} | {o['rps']:,.0f} | {fmt_us(o['p50'])} | {fmt_us(o['p99'])} | {fmt_us(o['p999'])} "
                 f"| {add99} | {add999} | {per_round} | {o['ok']:,} / {o['total']:,} |"

@@ -436,7 +436,8 @@ impl HttpSession {
         }
     }
 
-    /// Similar to [`Self::read_response()`], read the response header and then return a copy of it.
+    /// Similar to [`Self::read_response()`], read the response header and then return it,
+    /// keeping a copy (termsgate patch: upstream returns the copy).
     pub async fn read_resp_header_parts(&mut self) -> Result<Box<ResponseHeader>> {
         self.read_response().await?;
         // termsgate patch: hand out the parsed header, which has room for the headers a proxy
