@@ -119,23 +119,18 @@ async fn identity_headers_are_set_and_client_copies_removed() {
 
 #[test]
 fn a_client_cannot_nominate_the_identity_headers_as_hop_by_hop() {
-    use std::io::{Read, Write};
     // Pingora drops from the request it forwards every header the client names in
     // `Connection`; naming ours must not keep them from the upstream.
     let up = Upstream::start();
     let gw = gateway(&up, "");
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET /api/v1/agents/ag_1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {PRO}\r\n\
-         Connection: close, X-Api-Key-Id,x-api-plan\r\nConnection: X-REQUEST-ID\r\n\
-         X-Upstream-Only: 1\r\nConnection: X-Upstream-Only\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap();
-    let text = String::from_utf8_lossy(&out);
+    let text = raw_exchange(
+        gw.port,
+        &format!(
+            "GET /api/v1/agents/ag_1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {PRO}\r\n\
+             Connection: close, X-Api-Key-Id,x-api-plan\r\nConnection: X-REQUEST-ID\r\n\
+             X-Upstream-Only: 1\r\nConnection: X-Upstream-Only\r\n\r\n"
+        ),
+    );
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     let seen = up.last().expect("upstream saw the request");
     assert_eq!(seen.header("x-api-key-id"), vec!["key_pro"]);
@@ -428,6 +423,17 @@ fn a_taken_listen_port_fails_start_up_with_one_line() {
     );
 }
 
+/// Writes `request` on a fresh connection and reads until the gateway closes it.
+fn raw_exchange(port: u16, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Sends a chunked POST over a raw socket; returns the status code of the answer.
 fn chunked_post(port: u16, path: &str, token: &str, chunks: &[Vec<u8>]) -> u16 {
     use std::io::{Read, Write};
@@ -485,7 +491,6 @@ async fn a_chunked_body_is_checked_whole_before_anything_goes_upstream() {
 
 #[test]
 fn the_request_target_reaches_the_upstream_unchanged() {
-    use std::io::{Read, Write};
     let up = Upstream::start();
     let gw = gateway(&up, "");
     for (sent, want) in [
@@ -496,16 +501,12 @@ fn the_request_target_reaches_the_upstream_unchanged() {
         // Absolute-form: the upstream gets the same path and query.
         ("http://127.0.0.1/api/v1/agents?q=1", "/api/v1/agents?q=1"),
     ] {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(
-            s,
-            "GET {sent} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {PRO}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).unwrap();
-        let text = String::from_utf8_lossy(&out);
+        let text = raw_exchange(
+            gw.port,
+            &format!(
+                "GET {sent} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {PRO}\r\nConnection: close\r\n\r\n"
+            ),
+        );
         assert!(text.starts_with("HTTP/1.1 200"), "{sent}: {text}");
         let seen = up.last().expect("upstream saw the request");
         assert_eq!(seen.target, want, "{sent}");
