@@ -57,7 +57,7 @@ pub async fn admit(
     ctx.key = Some(key.clone());
 
     check_body_size(req, ctx.config.server.max_body_bytes)?;
-    if has_unsized_body(session) {
+    if declares_unsized_body(&req.headers) && !session.is_body_empty() {
         // Boxed: the body read's state would otherwise make every request's future larger,
         // and that future is copied to the heap once per request.
         Box::pin(buffer_unsized_body(
@@ -74,15 +74,13 @@ pub async fn admit(
         .map_err(|_| GatewayError::HeadersTooLarge)
 }
 
-/// A body without `Content-Length` (chunked).
-fn has_unsized_body(session: &mut Session) -> bool {
-    let headers = &session.req_header().headers;
-    if headers.contains_key(http::header::CONTENT_LENGTH) {
-        return false;
-    }
-    // termsgate serves HTTP/1 only, where a request with neither header has no body (RFC 9112
-    // §6.3). Most requests are such GETs, and asking Pingora costs ~400 instructions.
-    headers.contains_key(http::header::TRANSFER_ENCODING) && !session.is_body_empty()
+/// Whether the headers announce a body without `Content-Length` (chunked). termsgate serves
+/// HTTP/1 only, where a request with neither header has no body (RFC 9112 §6.3), and Pingora
+/// drops `Content-Length` when both are present. Most requests are bodiless GETs: deciding from
+/// the headers first saves asking Pingora (~400 instructions).
+fn declares_unsized_body(headers: &http::HeaderMap) -> bool {
+    !headers.contains_key(http::header::CONTENT_LENGTH)
+        && headers.contains_key(http::header::TRANSFER_ENCODING)
 }
 
 /// Request line and headers larger than this get 431 (nginx's default buffers hold 8 KB; API
@@ -207,5 +205,39 @@ async fn apply_limits(
             ctx.limits = None;
             Err(GatewayError::LimiterUnavailable)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> http::HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    http::HeaderName::from_static(k),
+                    http::HeaderValue::from_static(v),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_a_transfer_coded_body_without_length_counts_as_unsized() {
+        assert!(!declares_unsized_body(&headers(&[])), "no framing: no body");
+        assert!(!declares_unsized_body(&headers(&[(
+            "content-length",
+            "12"
+        )])));
+        assert!(declares_unsized_body(&headers(&[(
+            "transfer-encoding",
+            "chunked"
+        )])));
+        assert!(!declares_unsized_body(&headers(&[
+            ("content-length", "0"),
+            ("accept", "*/*")
+        ])));
     }
 }

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::{ApiKey, Config, LimitSet};
-use crate::error::GatewayError;
 use crate::limiter::Statuses;
 use crate::request_id::RequestId;
 use crate::state::InflightGuard;
@@ -32,8 +31,6 @@ pub struct RequestCtx {
     pub statuses: Statuses,
     /// Name of the limit that refused the request.
     pub limited: Option<Arc<str>>,
-    /// The error the gateway answered with, if any.
-    pub error: Option<GatewayError>,
     /// When the request was handed to the upstream.
     pub upstream_sent: Option<Instant>,
     /// Time to the upstream's response header.
@@ -57,7 +54,6 @@ impl RequestCtx {
             limits: None,
             statuses: Statuses::new(),
             limited: None,
-            error: None,
             upstream_sent: None,
             upstream_ms: None,
             body_bytes: 0,

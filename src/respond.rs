@@ -25,7 +25,7 @@ pub fn decorate(header: &mut ResponseHeader, ctx: &RequestCtx) -> pingora::Resul
 /// Answers the request with `err` in the API's envelope.
 pub async fn send_error(
     session: &mut Session,
-    ctx: &mut RequestCtx,
+    ctx: &RequestCtx,
     err: GatewayError,
 ) -> pingora::Result<()> {
     let (mut header, body) = err.response()?;
@@ -34,7 +34,6 @@ pub async fn send_error(
         // The connection may hold an unread body or a broken upstream exchange: do not reuse it.
         session.set_keepalive(None);
     }
-    ctx.error = Some(err);
     session
         .write_response_header(Box::new(header), false)
         .await?;
