@@ -229,7 +229,8 @@ def write_svg(path, wrk, oha, rate, meta):
 # Markdown and summary
 # ------------------------------------------------------------------------------------------------
 def per_request_info(workdir):
-    """run.sh's per_request.txt: {target: {"cpu": (user, sys, total), "syscalls": "name n ..."}}."""
+    """run.sh's per_request.txt: {target: {"cpu": [(user, sys, total), ...] one per round,
+    "syscalls": "name n ..."}}."""
     path = os.path.join(workdir, "per_request.txt")
     info = {}
     if not os.path.exists(path):
@@ -237,32 +238,41 @@ def per_request_info(workdir):
     with open(path, encoding="utf-8") as f:
         for line in f:
             fields = line.rstrip("\n").split("\t")
-            if len(fields) >= 3 and fields[1] == "cpu":
-                info.setdefault(fields[0], {})["cpu"] = tuple(float(v) for v in fields[2:5])
+            if len(fields) >= 5 and fields[1] == "cpu":
+                rounds = info.setdefault(fields[0], {}).setdefault("cpu", [])
+                rounds.append(tuple(float(v) for v in fields[2:5]))
             elif len(fields) >= 3 and fields[1] == "syscalls":
                 info.setdefault(fields[0], {})["syscalls"] = fields[2]
     return info
 
 
-def per_request_md(info, connections):
+def median_round(rounds):
+    """The round whose total is the median (the lower middle one of an even count)."""
+    ordered = sorted(rounds, key=lambda r: r[2])
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def per_request_md(info, connections, cpu_rounds):
     if not info:
         return []
     out = [
         "",
         "CPU time per request (all threads or worker processes of the target, from `/proc`, "
-        f"around a 4 s `wrk -t1 -c{connections}` run) and system calls per request (`strace -f -c` around "
+        f"around 4 s `wrk -t1 -c{connections}` runs in {cpu_rounds} alternating rounds; the round "
+        "with the median total) and system calls per request (`strace -f -c` around "
         "4,000 requests from `oha -c 8`; calls under 0.01 per request left out):",
         "",
-        "| target | user µs | system µs | total µs | system calls per request |",
-        "| --- | ---: | ---: | ---: | --- |",
+        "| target | user µs | system µs | total µs | total per round | system calls per request |",
+        "| --- | ---: | ---: | ---: | --- | --- |",
     ]
     for t in TARGETS:
         i = info.get(t, {})
-        cpu = i.get("cpu")
-        cells = [f"{v:.1f}" for v in cpu] if cpu else ["?", "?", "?"]
+        rounds = i.get("cpu", [])
+        cells = [f"{v:.1f}" for v in median_round(rounds)] if rounds else ["?", "?", "?"]
+        per_round = ", ".join(f"{r[2]:.1f}" for r in rounds) or "?"
         words = i.get("syscalls", "").split()
         calls = ", ".join(f"`{n}` {v}" for n, v in zip(words[::2], words[1::2])) or "not measured"
-        out.append(f"| {t} | {' | '.join(cells)} | {calls} |")
+        out.append(f"| {t} | {' | '.join(cells)} | {per_round} | {calls} |")
     return out
 
 
@@ -335,7 +345,7 @@ def write_md(path, wrk, oha, rate, meta, log_lines, dropped, per_request):
         out.append("Target: termsgate's p99 added over bare ≤ 100 µs.")
     else:
         out.append("Fixed-rate latency: not measured (oha could not be installed).")
-    out += per_request_md(per_request, meta.get("connections", "32"))
+    out += per_request_md(per_request, meta.get("connections", "32"), meta.get("cpu_rounds", "?"))
     out += [
         "",
         f"termsgate's access log held {log_lines:,} lines at the end of the run"

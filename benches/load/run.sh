@@ -14,6 +14,7 @@
 #   KEEP=1            keep the scratch directory (configs, logs, raw outputs)
 #   INSTALL_OHA=0     do not build oha when it is missing (skip the fixed-rate section)
 #   PER_REQUEST=0     skip measuring CPU time and system calls per request of each target
+#   CPU_ROUNDS [3]    alternating 4 s runs per target for the CPU time per request (median)
 #
 # Writes benches/load/results.md and benches/load/results.svg.
 set -euo pipefail
@@ -30,6 +31,7 @@ RATE_ROUNDS=${RATE_ROUNDS:-3}
 KEEP=${KEEP:-}
 INSTALL_OHA=${INSTALL_OHA:-1}
 PER_REQUEST=${PER_REQUEST:-1}
+CPU_ROUNDS=${CPU_ROUNDS:-3}
 
 # The one API key of the benchmark (a fixed test value, not a secret).
 TOKEN=tg_bench_0123456789abcdef0123456789abcdef
@@ -242,24 +244,38 @@ cpu_ticks() {
 if [ "$PER_REQUEST" = 1 ]; then
     HZ=$(getconf CLK_TCK)
     PER_REQUEST_OUT=$WORKDIR/per_request.txt
+    declare -A PIDLIST
     for t in "${TARGETS[@]}"; do
         # The process and its children: nginx-terms' work is done by its worker processes.
-        read -r -a pids <<<"${PID[$t]} $(pgrep -P "${PID[$t]}" | tr '\n' ' ')"
-        read -r u0 s0 < <(cpu_ticks "${pids[@]}")
-        run_wrk "$t" 4s "$WORKDIR/cpu-$t.txt"
-        read -r u1 s1 < <(cpu_ticks "${pids[@]}")
-        n=$(awk '/requests in/ {print $1}' "$WORKDIR/cpu-$t.txt")
-        if [ -z "$n" ] || [ "$n" = 0 ]; then
-            log "$t: wrk served no requests; no CPU per request"
-            continue
-        fi
-        cpu_line=$(awk -v t="$t" -v n="$n" -v hz="$HZ" -v du=$((u1 - u0)) -v ds=$((s1 - s0)) 'BEGIN {
-            f = 1e6 / hz / n
-            printf "%s\tcpu\t%.1f\t%.1f\t%.1f", t, du * f, ds * f, (du + ds) * f }')
-        printf '%s\n' "$cpu_line" >>"$PER_REQUEST_OUT"
-        log "$t: CPU per request (user, system, total µs): $(cut -f3- <<<"$cpu_line" | tr '\t' ' ')"
-        # System calls of every thread while oha sends 4,000 requests on 8 connections.
-        [ -n "$OHA" ] && command -v strace >/dev/null 2>&1 || continue
+        PIDLIST[$t]="${PID[$t]} $(pgrep -P "${PID[$t]}" | tr "\n" " " || true)"
+    done
+    # Alternating rounds, as for throughput: a single 4 s run per target moved by several µs
+    # from one run of the script to the next, and always measured termsgate last.
+    for ((r = 1; r <= CPU_ROUNDS; r++)); do
+        line="CPU round $r/$CPU_ROUNDS, µs per request (user + system):"
+        for ((i = 0; i < ${#TARGETS[@]}; i++)); do
+            t=${TARGETS[$(((i + r - 1) % ${#TARGETS[@]}))]}
+            read -r -a pids <<<"${PIDLIST[$t]}"
+            read -r u0 s0 < <(cpu_ticks "${pids[@]}")
+            run_wrk "$t" 4s "$WORKDIR/cpu-$t.$r.txt"
+            read -r u1 s1 < <(cpu_ticks "${pids[@]}")
+            n=$(awk '/requests in/ {print $1}' "$WORKDIR/cpu-$t.$r.txt")
+            if [ -z "$n" ] || [ "$n" = 0 ]; then
+                line+=" $t ?"
+                continue
+            fi
+            cpu_line=$(awk -v t="$t" -v n="$n" -v hz="$HZ" -v du=$((u1 - u0)) -v ds=$((s1 - s0)) 'BEGIN {
+                f = 1e6 / hz / n
+                printf "%s\tcpu\t%.1f\t%.1f\t%.1f", t, du * f, ds * f, (du + ds) * f }')
+            printf '%s\n' "$cpu_line" >>"$PER_REQUEST_OUT"
+            line+=" $t $(cut -f3,4 <<<"$cpu_line" | tr '\t' '+')"
+        done
+        log "$line"
+    done
+    # System calls of every thread while oha sends 4,000 requests on 8 connections.
+    for t in "${TARGETS[@]}"; do
+        [ -n "$OHA" ] && command -v strace >/dev/null 2>&1 || break
+        read -r -a pids <<<"${PIDLIST[$t]}"
         strace_args=()
         for p in "${pids[@]}"; do strace_args+=(-p "$p"); done
         strace -f -c -o "$WORKDIR/strace-$t.txt" "${strace_args[@]}" 2>/dev/null &
@@ -334,6 +350,7 @@ python3 "$HERE/report.py" \
     --meta "connections=$CONNECTIONS" \
     --meta "rate_seconds=$RATE_SECONDS" \
     --meta "rate_rounds=$RATE_ROUNDS" \
+    --meta "cpu_rounds=$CPU_ROUNDS" \
     --meta "nginx=$("$NGINX" -v 2>&1 | sed 's|.*/||')" \
     --meta "wrk=$(dpkg-query -W -f '${Version}' wrk 2>/dev/null || echo '?')" \
     --meta "oha=$([ -n "$OHA" ] && "$OHA" --version | awk '{print $2}' || echo 'missing')" \
