@@ -21,8 +21,10 @@ pub fn record(shared: &Shared, session: &Session, ctx: &RequestCtx) {
         .map(|h| h.status.as_u16())
         .unwrap_or(CLIENT_CLOSED);
     let now = Instant::now();
-    // Only a request Pingora gave up on before admission has no start yet: its header's first
-    // byte, if the connection guard saw it, else now.
+    // Only a request that ended before admission has no start yet: its header's first byte, if
+    // the connection guard saw it, else now. In Pingora 0.9.1 that takes a failing
+    // `early_request_filter` (termsgate has none) or downstream module (the default compression
+    // module's request filter cannot fail); the fallback keeps the line truthful if that changes.
     let started = ctx
         .started
         .or_else(|| conn_guard::first_byte(session))
