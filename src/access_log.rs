@@ -43,10 +43,10 @@ pub struct AccessRecord<'a> {
     pub request_id: &'a str,
     /// The client address (see `client_ip`).
     pub client_ip: Option<IpAddr>,
-    /// Request method.
-    pub method: &'a str,
-    /// Request path, without the query string.
-    pub path: &'a str,
+    /// Request method; `None` when the request line could not be parsed.
+    pub method: Option<&'a str>,
+    /// Request path, without the query string; `None` when the request line could not be parsed.
+    pub path: Option<&'a str>,
     /// Response status (499 when the client went away before an answer).
     pub status: u16,
     /// First request byte to last response byte.
@@ -233,9 +233,9 @@ impl AccessRecord<'_> {
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"method\":");
-        json_str(out, self.method);
+        json_opt_str(out, self.method);
         out.extend_from_slice(b",\"path\":");
-        json_str(out, self.path);
+        json_opt_str(out, self.path);
         out.extend_from_slice(b",\"status\":");
         out.extend_from_slice(itoa::Buffer::new().format(self.status).as_bytes());
         out.extend_from_slice(b",\"latency_ms\":");
@@ -372,8 +372,8 @@ mod tests {
             ts: SystemTime::now(),
             request_id: "r1",
             client_ip: None,
-            method: "GET",
-            path: "/x",
+            method: Some("GET"),
+            path: Some("/x"),
             status: 200,
             latency_ms: 1.5,
             key_id: None,
@@ -540,8 +540,8 @@ mod tests {
             ts: SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_082_820_436),
             request_id: "id-1",
             client_ip: Some("2001:db8::1".parse().expect("ip")),
-            method: "GET",
-            path: nasty,
+            method: Some("GET"),
+            path: Some(nasty),
             status: 429,
             latency_ms: 3.5254,
             key_id: Some("k\"1"),

@@ -37,6 +37,7 @@ use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
+use crate::early_errors::EarlyErrors;
 use crate::state::Shared;
 
 /// Ends the error a header timeout returns; `diagnostics` recognises Pingora's echo of it.
@@ -301,7 +302,7 @@ pub(crate) fn begin_request(session: &pingora::proxy::Session) -> Option<Instant
 
 /// When the request on `session` began arriving, if admission has not taken it yet (see
 /// [`begin_request`]); changes nothing.
-pub(crate) fn first_byte(session: &pingora::proxy::Session) -> Option<Instant> {
+pub(crate) fn first_byte(session: &ServerSession) -> Option<Instant> {
     session.stream().and_then(guarded)?.first_byte()
 }
 
@@ -311,6 +312,8 @@ pub(crate) fn first_byte(session: &pingora::proxy::Session) -> Option<Instant> {
 pub(crate) struct GuardedApp<A> {
     inner: Arc<A>,
     shared: Arc<Shared>,
+    /// Answers what Pingora refuses before the proxy phases (set on every HTTP/1 session).
+    early_errors: &'static EarlyErrors,
     header_expired: IntCounter,
     idle_expired: IntCounter,
 }
@@ -323,6 +326,7 @@ impl<A> GuardedApp<A> {
             inner: Arc::new(inner),
             header_expired: expired.with_label_values(&["header"]),
             idle_expired: expired.with_label_values(&["idle"]),
+            early_errors: EarlyErrors::leak(shared.clone()),
             shared,
         }
     }
@@ -359,6 +363,7 @@ where
         let keepalive_secs = timeouts.idle.as_secs() + 1;
         let stream: Stream = Box::new(GuardedStream::new(stream, timeouts));
         let mut session = ServerSession::new_http1(stream);
+        session.set_error_responder(self.early_errors);
         let keepalive = (!*shutdown.borrow()).then_some(keepalive_secs);
         session.set_keepalive(keepalive);
         session.set_keepalive_reuses_remaining(
@@ -372,6 +377,7 @@ where
                 g.enter(IDLE);
             }
             let mut session = ServerSession::new_http1(stream);
+            session.set_error_responder(self.early_errors);
             if let Some(settings) = settings {
                 HttpPersistentSettings::apply_to_session(settings, &mut session);
             }

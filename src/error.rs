@@ -32,6 +32,9 @@ pub enum GatewayError {
     /// 400: the request could not be parsed.
     #[error("bad request")]
     BadRequest,
+    /// 405: a method the gateway does not proxy (`CONNECT`).
+    #[error("method not allowed")]
+    MethodNotAllowed,
     /// 413: the body is larger than `max_body_bytes`.
     #[error("payload too large")]
     PayloadTooLarge,
@@ -74,6 +77,7 @@ impl GatewayError {
             GatewayError::InvalidApiKey(_) => 401,
             GatewayError::TooManyInvalidKeys { .. } | GatewayError::RateLimited(_) => 429,
             GatewayError::BadRequest => 400,
+            GatewayError::MethodNotAllowed => 405,
             GatewayError::PayloadTooLarge => 413,
             GatewayError::HeadersTooLarge => 431,
             GatewayError::LimiterUnavailable | GatewayError::UpstreamUnavailable => 503,
@@ -89,6 +93,7 @@ impl GatewayError {
             GatewayError::TooManyInvalidKeys { .. } => "too_many_invalid_keys",
             GatewayError::RateLimited(_) => "rate_limited",
             GatewayError::BadRequest => "invalid_request",
+            GatewayError::MethodNotAllowed => "method_not_allowed",
             GatewayError::PayloadTooLarge | GatewayError::HeadersTooLarge => "payload_too_large",
             GatewayError::LimiterUnavailable | GatewayError::UpstreamUnavailable => {
                 "temporarily_unavailable"
@@ -116,6 +121,7 @@ impl GatewayError {
                 format!("Too many requests. Try again in {}s.", r.retry_after_secs)
             }
             GatewayError::BadRequest => "The request could not be parsed.".into(),
+            GatewayError::MethodNotAllowed => "This method is not supported.".into(),
             GatewayError::PayloadTooLarge => "Request body is too large.".into(),
             GatewayError::HeadersTooLarge => "Request headers are too large.".into(),
             GatewayError::LimiterUnavailable | GatewayError::UpstreamUnavailable => {
@@ -257,6 +263,9 @@ mod tests {
             ),
             (GatewayError::UpstreamTimeout, 504, "upstream_timeout"),
             (GatewayError::PayloadTooLarge, 413, "payload_too_large"),
+            (GatewayError::HeadersTooLarge, 431, "payload_too_large"),
+            (GatewayError::BadRequest, 400, "invalid_request"),
+            (GatewayError::MethodNotAllowed, 405, "method_not_allowed"),
             (GatewayError::Internal, 500, "internal_error"),
         ];
         for (err, status, code) in cases {

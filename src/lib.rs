@@ -18,6 +18,7 @@ pub mod context;
 pub mod control;
 pub mod demo;
 pub mod diagnostics;
+pub mod early_errors;
 pub mod error;
 pub mod header_bytes;
 pub mod header_map;

@@ -1,6 +1,7 @@
 //! Writes the gateway's own answers, and stamps the headers every response carries.
 
 use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::Session;
 use pingora::{ErrorType, OrErr};
 
@@ -8,6 +9,7 @@ use crate::context::RequestCtx;
 use crate::error::GatewayError;
 use crate::header_map::{self, X_REQUEST_ID};
 use crate::ratelimit_headers;
+use crate::request_id::RequestId;
 
 /// Adds `X-Request-Id` (replacing the upstream's) and, when limits matched, the RateLimit headers.
 pub fn decorate(header: &mut ResponseHeader, ctx: &RequestCtx) -> pingora::Result<()> {
@@ -38,4 +40,18 @@ pub async fn send_error(
         .write_response_header(Box::new(header), false)
         .await?;
     session.write_response_body(Some(body), true).await
+}
+
+/// Answers a request Pingora refused before the proxy phases (`early_errors`) with `err`,
+/// carrying `request_id`. The connection is closed afterwards.
+pub async fn send_refusal(
+    session: &mut ServerSession,
+    request_id: &RequestId,
+    err: &GatewayError,
+) -> pingora::Result<()> {
+    let (mut header, body) = err.response()?;
+    header_map::edit_response(&mut header, 1, |headers| {
+        headers.insert(X_REQUEST_ID, request_id.header())
+    })?;
+    session.write_error_response(header, body).await
 }

@@ -1,8 +1,10 @@
 //! The end of every request: one access log line and the request metrics.
 
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::Session;
 
 use std::cell::Cell;
+use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::access_log::AccessRecord;
@@ -34,30 +36,69 @@ pub fn record(shared: &Shared, session: &Session, ctx: &RequestCtx) {
     let route = ctx.config.route_label(ctx.route_mask);
     let plan = ctx.plan_name();
 
-    let labels = RequestLabels {
-        plan: plan.unwrap_or("none"),
-        route,
-        status: status_label(status),
-    };
-    shared.metrics.observe_request(
-        labels,
-        latency.as_secs_f64(),
-        ctx.upstream_ms.map(|ms| ms / 1000.0),
-    );
-
-    shared.access_log.log(&AccessRecord {
+    let record = AccessRecord {
         ts: wall_clock(now),
         request_id: ctx.request_id.as_str(),
         client_ip: ctx.client_ip,
-        method: req.method.as_str(),
-        path: req.uri.path(),
+        method: Some(req.method.as_str()),
+        path: Some(req.uri.path()),
         status,
         latency_ms: round_ms(latency.as_secs_f64() * 1000.0),
         key_id: ctx.key.as_ref().map(|k| &*k.id),
         plan,
         limited: ctx.limited.as_deref(),
         upstream_ms: ctx.upstream_ms.map(round_ms),
-    });
+    };
+    observe_and_log(shared, route, latency, &record);
+}
+
+/// Records a request Pingora refused before the proxy phases (`early_errors`): no key, no
+/// route, not proxied. `status` is what was answered (or [`CLIENT_CLOSED`]). Method and path
+/// are logged when the request line was parsed.
+pub fn record_refused(
+    shared: &Shared,
+    session: &ServerSession,
+    request_id: &str,
+    client_ip: Option<IpAddr>,
+    status: u16,
+) {
+    let now = Instant::now();
+    let latency = conn_guard::first_byte(session)
+        .map_or(Duration::ZERO, |first| now.saturating_duration_since(first));
+    let req = session.req_header_if_read();
+    let record = AccessRecord {
+        ts: wall_clock(now),
+        request_id,
+        client_ip,
+        method: req.map(|r| r.method.as_str()),
+        path: req.map(|r| r.uri.path()),
+        status,
+        latency_ms: round_ms(latency.as_secs_f64() * 1000.0),
+        key_id: None,
+        plan: None,
+        limited: None,
+        upstream_ms: None,
+    };
+    observe_and_log(
+        shared,
+        shared.config.load().route_label(0),
+        latency,
+        &record,
+    );
+}
+
+fn observe_and_log(shared: &Shared, route: &str, latency: Duration, record: &AccessRecord) {
+    let labels = RequestLabels {
+        plan: record.plan.unwrap_or("none"),
+        route,
+        status: status_label(record.status),
+    };
+    shared.metrics.observe_request(
+        labels,
+        latency.as_secs_f64(),
+        record.upstream_ms.map(|ms| ms / 1000.0),
+    );
+    shared.access_log.log(record);
 }
 
 /// The wall-clock time at `now`, from a pair of readings of both clocks taken once a second per

@@ -1,6 +1,7 @@
-//! End-to-end over raw TCP sockets: oversized headers and bodies, the header deadline
-//! (slowloris), the idle timeout, and `latency_ms` counted from a request's first byte.
-//! (Malformed requests and chunked bodies have raw-socket tests in `gateway.rs`.) Timeouts are set short in the config;
+//! End-to-end over raw TCP sockets: oversized headers and bodies, the requests Pingora refuses
+//! before the proxy phases, the header deadline (slowloris), the idle timeout, and `latency_ms`
+//! counted from a request's first byte. (Chunked bodies have raw-socket tests in `gateway.rs`.)
+//! Timeouts are set short in the config;
 //! each wait below is bounded many times over the timeout it waits for, and nothing asserts
 //! how fast the gateway is.
 
@@ -266,4 +267,136 @@ fn sigterm_closes_idle_keep_alive_connections_and_the_gateway_exits() {
         .wait_exit(Duration::from_secs(15))
         .expect("exited after SIGTERM");
     assert!(status.success(), "{status}");
+}
+
+/// A request Pingora refuses, and what the gateway must answer and log for it.
+struct Refused {
+    request: Vec<u8>,
+    status: u16,
+    code: &'static str,
+    /// The `method` the log line holds (null when the request line did not parse).
+    method: Option<&'static str>,
+    /// A valid `X-Request-Id` the request carries, which the answer must keep.
+    client_id: Option<&'static str>,
+}
+
+/// What Pingora refuses before any proxy phase runs: a malformed header, one over Pingora's own
+/// limits (1 MiB, 256 fields), `CONNECT`, and framing Pingora rejects after parsing (HTTP/1.0
+/// with `Transfer-Encoding`, two different `Content-Length`s). Each gets the contract's JSON
+/// envelope with an `X-Request-Id`, one access log line and a count in the metrics, and its
+/// connection is closed.
+#[test]
+fn requests_pingora_refuses_get_the_envelope_a_request_id_a_log_line_and_a_metric() {
+    let up = Upstream::start();
+    let gw = gateway(&up, "");
+    let many_fields: String = (0..300).map(|i| format!("X-F{i}: v\r\n")).collect();
+    // No end of header: the gateway reads all of it (so it closes without unread bytes, which
+    // would reset the connection) and finds it over 1 MiB.
+    let mut over_a_mib = b"GET /api/v1/items HTTP/1.1\r\nX-Big: ".to_vec();
+    over_a_mib.resize(1024 * 1024 + 1, b'a');
+    let cases = [
+        Refused {
+            request: b"GET /x HTTP/1.1\r\nHost: x\r\nBad Header Without Colon\r\n\r\n".to_vec(),
+            status: 400,
+            code: "invalid_request",
+            method: None,
+            client_id: None,
+        },
+        Refused {
+            request: b"POST /api/v1/agents HTTP/1.0\r\nTransfer-Encoding: chunked\r\nX-Request-Id: early-te\r\n\r\n"
+                .to_vec(),
+            status: 400,
+            code: "invalid_request",
+            method: Some("POST"),
+            client_id: Some("early-te"),
+        },
+        Refused {
+            request: b"PUT /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab".to_vec(),
+            status: 400,
+            code: "invalid_request",
+            method: Some("PUT"),
+            client_id: None,
+        },
+        Refused {
+            request: b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nX-Request-Id: early-connect\r\n\r\n"
+                .to_vec(),
+            status: 405,
+            code: "method_not_allowed",
+            method: Some("CONNECT"),
+            client_id: Some("early-connect"),
+        },
+        Refused {
+            request: format!("GET /x HTTP/1.1\r\nHost: x\r\n{many_fields}\r\n").into_bytes(),
+            status: 431,
+            code: "payload_too_large",
+            method: None,
+            client_id: None,
+        },
+        Refused {
+            request: over_a_mib,
+            status: 431,
+            code: "payload_too_large",
+            method: None,
+            client_id: None,
+        },
+    ];
+    let mut ids = Vec::new();
+    for Refused {
+        request,
+        status,
+        code,
+        method,
+        client_id,
+    } in &cases
+    {
+        let mut s = connect(&gw);
+        s.write_all(request).unwrap();
+        let raw = wait_closed(&mut s, Duration::from_secs(10));
+        let text = String::from_utf8_lossy(&raw);
+        let (head, body) = text.split_once("\r\n\r\n").expect("a whole response");
+        assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{head}");
+        let header = |name: &str| {
+            head.lines().find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            })
+        };
+        assert_eq!(header("content-type").as_deref(), Some("application/json"));
+        let body: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+        assert_eq!(body["error"]["code"], *code, "{head}");
+        let id = header("x-request-id").expect("X-Request-Id");
+        match client_id {
+            Some(kept) => assert_eq!(id, *kept, "a valid client id is kept"),
+            None => assert_eq!(id.len(), 32, "a generated id: {id}"),
+        }
+        ids.push((id, *status, *method));
+    }
+
+    let lines = gw.wait_log_lines(cases.len());
+    assert_eq!(lines.len(), cases.len(), "{lines:?}");
+    for (id, status, method) in &ids {
+        let line = lines
+            .iter()
+            .find(|l| l["request_id"] == id.as_str())
+            .unwrap_or_else(|| panic!("no log line for {id}: {lines:?}"));
+        assert_eq!(line["status"], *status);
+        assert_eq!(line["method"].as_str(), *method, "{line}");
+        assert_eq!(line["client_ip"], "127.0.0.1");
+        assert!(line["key_id"].is_null() && line["upstream_ms"].is_null());
+        assert!(line["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0));
+    }
+    let metrics = gw.metrics();
+    let count = |status: &str| {
+        metric(
+            &metrics,
+            "termsgate_requests_total",
+            &[("plan", "none"), ("route", "other"), ("status", status)],
+        )
+    };
+    assert_eq!(
+        (count("400"), count("405"), count("431")),
+        (Some(3.0), Some(1.0), Some(2.0))
+    );
+    assert_eq!(up.total(), 0, "nothing went upstream");
+    assert_eq!(blocking_status(&gw.url("/api/v1/items")), Some(401));
 }

@@ -30,6 +30,19 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use std::any::Any;
 use std::time::Duration;
 
+/// termsgate patch: answers the errors Pingora's HTTP proxy sends before any application phase
+/// runs, in place of a bare status line: 400 for a request header it cannot parse (or one over
+/// its size limits: see [`Session::request_header_too_large`]) and 405 for `CONNECT`, both from
+/// `pingora-proxy`'s `handle_new_request` through [`Session::respond_error`]. Set per HTTP/1
+/// session with [`Session::set_error_responder`].
+#[async_trait::async_trait]
+pub trait ErrorResponder: Send + Sync {
+    /// Answers `session` in place of Pingora's `status` (the connection is closed afterwards, as
+    /// Pingora does). The request header may be missing: see [`Session::req_header_if_read`].
+    /// Must not call [`Session::respond_error`] (it would call the responder again).
+    async fn respond_error(&self, session: &mut Session, status: u16) -> Result<()>;
+}
+
 /// A reusable HTTP/1.x stream and bytes already read for the next request.
 #[derive(Debug)]
 pub struct ReusableHttpStream {
@@ -603,7 +616,47 @@ impl Session {
 
     /// Send error response to client using a pre-generated error message.
     pub async fn respond_error(&mut self, error: u16) -> Result<()> {
+        // termsgate patch: the session's error responder answers instead, when it has one.
+        if let Some(responder) = self.error_responder() {
+            return responder.respond_error(self, error).await;
+        }
         self.respond_error_with_body(error, Bytes::default()).await
+    }
+
+    /// termsgate patch: answer [`Self::respond_error`] with `responder` (HTTP/1 only; other
+    /// sessions keep Pingora's answers).
+    pub fn set_error_responder(&mut self, responder: &'static dyn ErrorResponder) {
+        if let Self::H1(s) = self {
+            s.set_error_responder(responder);
+        }
+    }
+
+    /// termsgate patch: the responder set with [`Self::set_error_responder`].
+    pub fn error_responder(&self) -> Option<&'static dyn ErrorResponder> {
+        match self {
+            Self::H1(s) => s.error_responder(),
+            _ => None,
+        }
+    }
+
+    /// termsgate patch: whether the last [`Self::read_request`] failed because the request header
+    /// was over Pingora's size limits (1 MiB, or 256 fields) rather than malformed.
+    pub fn request_header_too_large(&self) -> bool {
+        match self {
+            Self::H1(s) => s.request_header_too_large(),
+            _ => false,
+        }
+    }
+
+    /// termsgate patch: the request header, if one was parsed; unlike [`Self::req_header`] this
+    /// does not panic. A header that parsed but failed Pingora's checks after parsing is kept.
+    pub fn req_header_if_read(&self) -> Option<&RequestHeader> {
+        match self {
+            Self::H1(s) => s.req_header_if_read(),
+            // An HTTP/2 stream is handed over with its header already read.
+            Self::H2(s) => Some(s.req_header()),
+            Self::Subrequest(_) | Self::Custom(_) => None,
+        }
     }
 
     /// Send error response to client using a pre-generated error message and custom body.

@@ -39,6 +39,8 @@ use crate::protocols::http::{
     authority::validate_request_authority, body_buffer::FixedBuffer, date, HttpTask,
     ReusableHttpStream,
 };
+// termsgate patch
+use crate::protocols::http::server::ErrorResponder;
 use crate::protocols::{Digest, SocketAddr, Stream};
 use crate::utils::{BufRef, KVRef};
 
@@ -158,6 +160,12 @@ pub struct HttpSession {
     /// [`super::super::HttpPersistentSettings`] into the next session.
     /// Scoped narrowly so it cannot affect FIN / `abort_on_close` semantics.
     pipelined_idle_bytes_stashed: bool,
+    /// termsgate patch: who answers the errors Pingora's proxy sends before any application
+    /// phase runs (see [`ErrorResponder`]); `None`: Pingora's bare status line.
+    error_responder: Option<&'static dyn ErrorResponder>,
+    /// termsgate patch: the last `read_request` failed because the header was too large (over
+    /// `MAX_HEADER_SIZE` bytes or `MAX_HEADERS` fields) rather than malformed.
+    header_too_large: bool,
 }
 
 impl HttpSession {
@@ -206,7 +214,32 @@ impl HttpSession {
             pipelining_enabled: false,
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
+            error_responder: None,
+            header_too_large: false,
         }
+    }
+
+    /// termsgate patch: answer the errors Pingora's proxy sends before any application phase
+    /// runs with `responder` instead of a bare status line.
+    pub fn set_error_responder(&mut self, responder: &'static dyn ErrorResponder) {
+        self.error_responder = Some(responder);
+    }
+
+    /// termsgate patch: the responder set with [`Self::set_error_responder`].
+    pub fn error_responder(&self) -> Option<&'static dyn ErrorResponder> {
+        self.error_responder
+    }
+
+    /// termsgate patch: whether the last [`Self::read_request`] failed because the request header
+    /// was too large (over `MAX_HEADER_SIZE` bytes or `MAX_HEADERS` fields), not malformed.
+    pub fn request_header_too_large(&self) -> bool {
+        self.header_too_large
+    }
+
+    /// termsgate patch: the request header, if one was parsed (it is kept even when the checks
+    /// after parsing reject it).
+    pub fn req_header_if_read(&self) -> Option<&RequestHeader> {
+        self.request_header.as_deref()
     }
 
     async fn read_request_buf(
@@ -279,6 +312,7 @@ impl HttpSession {
         const MAX_ERR_BUF_LEN: usize = 2048;
 
         self.buf.clear();
+        self.header_too_large = false; // termsgate patch
         // Account parsing a fully buffered request against Tokio's cooperative task budget. Do
         // this before taking the prefix so cancellation cannot discard bytes between sessions.
         if self
@@ -309,6 +343,7 @@ impl HttpSession {
                 /* NOTE: this check only blocks second read. The first large read is allowed
                 since the buf is already allocated. The goal is to avoid slowly bloating
                 this buffer */
+                self.header_too_large = true; // termsgate patch
                 return Error::e_explain(
                     InvalidHTTPHeader,
                     format!("Request header larger than {MAX_HEADER_SIZE}"),
@@ -466,6 +501,8 @@ impl HttpSession {
                         }
                         _ => {
                             debug!("Invalid request header from {:?}", self.underlying_stream);
+                            // termsgate patch
+                            self.header_too_large = matches!(e, httparse::Error::TooManyHeaders);
                             buf.truncate(MAX_ERR_BUF_LEN);
                             return Error::e_because(
                                 InvalidHTTPHeader,
