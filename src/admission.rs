@@ -84,7 +84,8 @@ fn declares_unsized_body(headers: &http::HeaderMap) -> bool {
 }
 
 /// Request line and headers larger than this get 431 (nginx's default buffers hold 8 KB; API
-/// clients send far less). Pingora itself refuses headers over 1 MiB with 400 before we see them.
+/// clients send far less). Pingora itself refuses headers of 1 MiB or more than 256 fields before
+/// we see them; `early_errors` answers those with 431 too.
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 /// Size of the request line and headers as sent, near enough.

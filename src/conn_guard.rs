@@ -326,7 +326,7 @@ impl<A> GuardedApp<A> {
             inner: Arc::new(inner),
             header_expired: expired.with_label_values(&["header"]),
             idle_expired: expired.with_label_values(&["idle"]),
-            early_errors: EarlyErrors::leak(shared.clone()),
+            early_errors: EarlyErrors::new_static(shared.clone()),
             shared,
         }
     }

@@ -44,7 +44,7 @@ pub async fn send_error(
 
 /// Answers a request Pingora refused before the proxy phases (`early_errors`) with `err`,
 /// carrying `request_id`. The connection is closed afterwards.
-pub async fn send_refusal(
+pub(crate) async fn send_refusal(
     session: &mut ServerSession,
     request_id: &RequestId,
     err: &GatewayError,

@@ -55,7 +55,7 @@ pub fn record(shared: &Shared, session: &Session, ctx: &RequestCtx) {
 /// Records a request Pingora refused before the proxy phases (`early_errors`): no key, no
 /// route, not proxied. `status` is what was answered (or [`CLIENT_CLOSED`]). Method and path
 /// are logged when the request line was parsed.
-pub fn record_refused(
+pub(crate) fn record_refused(
     shared: &Shared,
     session: &ServerSession,
     request_id: &str,

@@ -39,7 +39,9 @@ use std::time::Duration;
 pub trait ErrorResponder: Send + Sync {
     /// Answers `session` in place of Pingora's `status` (the connection is closed afterwards, as
     /// Pingora does). The request header may be missing: see [`Session::req_header_if_read`].
-    /// Must not call [`Session::respond_error`] (it would call the responder again).
+    /// Every call of [`Session::respond_error`] comes here, not only those two: to send
+    /// Pingora's own answer, call [`Session::respond_error_with_body`] with an empty body
+    /// (calling `respond_error` would come back here).
     async fn respond_error(&self, session: &mut Session, status: u16) -> Result<()>;
 }
 
@@ -640,7 +642,7 @@ impl Session {
     }
 
     /// termsgate patch: whether the last [`Self::read_request`] failed because the request header
-    /// was over Pingora's size limits (1 MiB, or 256 fields) rather than malformed.
+    /// reached Pingora's size limits (1 MiB, or more than 256 fields) rather than being malformed.
     pub fn request_header_too_large(&self) -> bool {
         match self {
             Self::H1(s) => s.request_header_too_large(),
