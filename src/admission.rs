@@ -27,10 +27,7 @@ pub async fn admit(
     ctx.started = Some(conn_guard::begin_request(session).unwrap_or_else(Instant::now));
     let req = session.req_header();
     ctx.request_id = request_id::assign(req.headers.get(&X_REQUEST_ID));
-    let peer = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip());
+    let peer = client_ip::peer(session);
     ctx.client_ip = client_ip::resolve(peer, &req.headers, &ctx.config.server);
     ctx.route_mask = ctx.config.route_mask(&req.method, req.uri.path());
 

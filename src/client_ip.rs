@@ -7,8 +7,17 @@
 use std::net::IpAddr;
 
 use http::HeaderMap;
+use pingora::protocols::http::ServerSession;
 
 use crate::config::ServerSettings;
+
+/// The address of the socket peer of `session` (none on a Unix socket).
+pub fn peer(session: &ServerSession) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
 
 /// The client address of a request whose socket peer is `peer`.
 pub fn resolve(

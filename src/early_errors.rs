@@ -61,10 +61,7 @@ impl ErrorResponder for EarlyErrors {
         };
         let req = session.req_header_if_read();
         let request_id = request_id::assign(req.and_then(|r| r.headers.get(&X_REQUEST_ID)));
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+        let peer = client_ip::peer(session);
         let client_ip = match req {
             Some(req) => client_ip::resolve(peer, &req.headers, &self.shared.config.load().server),
             None => peer,
